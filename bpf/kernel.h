@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The few kernel types tcptrace reads. Every struct carries
+ * preserve_access_index, so field offsets are relocated against the running
+ * kernel's BTF at load time (CO-RE); only the fields we read are declared.
+ */
+#pragma once
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef signed char __s8;
+typedef short __s16;
+typedef int __s32;
+typedef long long __s64;
+typedef __u16 __be16;
+typedef __u32 __be32;
+typedef __u32 __wsum;
+typedef _Bool bool;
+#define true 1
+#define false 0
+
+enum {
+	BPF_ANY = 0,
+	BPF_NOEXIST = 1,
+	BPF_EXIST = 2,
+};
+
+enum bpf_map_type {
+	BPF_MAP_TYPE_HASH = 1,
+	BPF_MAP_TYPE_ARRAY = 2,
+	BPF_MAP_TYPE_PERCPU_ARRAY = 6,
+	BPF_MAP_TYPE_LRU_HASH = 9,
+	BPF_MAP_TYPE_RINGBUF = 27,
+};
+
+/* Flags of bpf_ringbuf_submit and bpf_ringbuf_query. */
+enum {
+	BPF_RB_NO_WAKEUP = 1,
+	BPF_RB_FORCE_WAKEUP = 2,
+};
+enum {
+	BPF_RB_AVAIL_DATA = 0,
+};
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+		__be32 u6_addr32[4];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct sock_common {
+	union {
+		struct {
+			__be32 skc_daddr;
+			__be32 skc_rcv_saddr;
+		};
+	};
+	union {
+		struct {
+			__be16 skc_dport;
+			__u16 skc_num;
+		};
+	};
+	unsigned short skc_family;
+	possible_net_t skc_net;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+/* inet_sport outlives skc_num, which inet_put_port() clears before the CLOSE event. */
+struct inet_sock {
+	struct sock sk;
+	__be16 inet_sport;
+} __attribute__((preserve_access_index));
+
+struct trace_entry {
+	unsigned short type;
+} __attribute__((preserve_access_index));
+
+/* Context of the classic tracepoint sock:inet_sock_set_state. */
+struct trace_event_raw_inet_sock_set_state {
+	struct trace_entry ent;
+	const void *skaddr;
+	int oldstate;
+	int newstate;
+	__u16 protocol;
+} __attribute__((preserve_access_index));
+
+/* Registers at syscall exit: only the syscall number is read. */
+#if defined(__TARGET_ARCH_x86)
+struct pt_regs {
+	long orig_ax;
+} __attribute__((preserve_access_index));
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#define NR_connect 42
+#elif defined(__TARGET_ARCH_arm64)
+struct pt_regs {
+	int syscallno;
+} __attribute__((preserve_access_index));
+#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#define NR_connect 203
+#else
+#error "tcptrace: unsupported target architecture"
+#endif

@@ -1,0 +1,44 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Records and configuration shared with Go; bpf2go generates the Go types. */
+#pragma once
+
+enum record_type {
+	RECORD_STATE = 1,
+};
+
+enum event_flag {
+	/* in_state_ns holds the time spent in the old state. */
+	EVENT_IN_STATE_KNOWN = 1 << 0,
+	/* The local port was not assigned yet when the state changed. */
+	EVENT_PORT_LATE = 1 << 1,
+};
+
+/* One state change of a TCP socket. Field order keeps it free of holes. */
+struct event {
+	__u64 ts_ns;       /* CLOCK_MONOTONIC */
+	__u64 skaddr;      /* the struct sock, as a key */
+	__u64 in_state_ns; /* time spent in oldstate, see EVENT_IN_STATE_KNOWN */
+	enum record_type type;
+	enum event_flag flags; /* a bit set of event_flag */
+	__u32 netns;       /* network namespace inode number */
+	__u32 pid;         /* tgid of the task on the CPU */
+	__u32 tid;
+	__u32 uid;
+	__u16 family;      /* AF_INET or AF_INET6; v4-mapped IPv6 comes as AF_INET */
+	__u16 lport;       /* host byte order */
+	__u16 rport;       /* host byte order */
+	__u8 oldstate;
+	__u8 newstate;
+	__u8 saddr[16];    /* network byte order; IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u8 comm[16];
+};
+
+/* Set by the loader before load (volatile const: the verifier prunes dead filters). */
+struct config {
+	__u32 state_mask;   /* bit n: report changes into state n; 0 reports all */
+	__u32 wakeup_bytes; /* wake the reader only once this much data waits */
+	__u16 family;       /* 0 for both, else AF_INET or AF_INET6 */
+	__u8 filter_pids;   /* consult the filter_pids map */
+	__u8 filter_ports;  /* consult the filter_ports map (local or remote port) */
+};

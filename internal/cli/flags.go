@@ -1,0 +1,168 @@
+// Package cli parses tcptrace's command line and runs the stream.
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tcptrace/tcptrace/internal/output"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
+	"github.com/tcptrace/tcptrace/internal/tracer"
+)
+
+// UsageError is a bad command line: exit code 2.
+type UsageError struct{ msg string }
+
+func (e *UsageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &UsageError{fmt.Sprintf(format, a...)} }
+
+// Config is everything the command line sets.
+type Config struct {
+	Output   output.Format
+	PIDs     []uint32
+	Comm     string
+	Ports    []uint16
+	States   []tcpstate.State
+	Family   int // 0, 4 or 6
+	Duration time.Duration
+	Verbose  bool
+	Version  bool
+	Help     bool
+
+	// StateHook forces the state-change hook (hidden; for tests and debugging).
+	StateHook string
+	// NoMountTracefs forbids mounting tracefs for the classic-tracepoint fallback.
+	NoMountTracefs bool
+}
+
+// StateMask is the BPF filter bit set for the --state list (0: all states).
+func (c *Config) StateMask() uint32 {
+	var m uint32
+	for _, s := range c.States {
+		m |= 1 << s
+	}
+	return m
+}
+
+// newFlagSet builds a fresh FlagSet bound to c; nothing global, so tests can parse.
+func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("tcptrace", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported once, by the caller
+	fs.Usage = func() {}
+	fs.SortFlags = false
+	fs.StringVarP(&raw.output, "output", "o", "text", "output format: text or json")
+	fs.StringSliceVarP(&raw.pids, "pid", "p", nil, "only these process IDs (comma-separated list)")
+	fs.StringVarP(&c.Comm, "comm", "c", "", "only processes with this command name")
+	fs.StringSliceVar(&raw.ports, "port", nil, "only sockets with these local or remote ports")
+	fs.StringSliceVar(&raw.states, "state", nil, "only changes into these states, e.g. CLOSE_WAIT")
+	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
+	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
+	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
+	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached and why others are not")
+	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
+	fs.BoolVarP(&c.Help, "help", "h", false, "show this help")
+	fs.StringVar(&c.StateHook, "state-hook", "", "force the state-change hook: "+strings.Join(tracer.StateHookKinds, ", "))
+	fs.BoolVar(&c.NoMountTracefs, "no-mount-tracefs", false, "never mount tracefs, even when only the classic tracepoint is left")
+	fs.MarkHidden("state-hook")
+	return fs
+}
+
+type rawFlags struct {
+	output              string
+	pids, ports, states []string
+	v4, v6              bool
+}
+
+// Parse reads args (without the program name) into a Config.
+func Parse(args []string) (*Config, error) {
+	c := &Config{}
+	var raw rawFlags
+	fs := newFlagSet(c, &raw)
+	if err := fs.Parse(args); err != nil {
+		return nil, usagef("%v", err)
+	}
+	if c.Help || c.Version {
+		return c, nil
+	}
+	if fs.NArg() > 0 {
+		return nil, usagef("unexpected argument %q", fs.Arg(0))
+	}
+	var err error
+	if c.Output, err = output.ParseFormat(raw.output); err != nil {
+		return nil, usagef("invalid --output: %v", err)
+	}
+	for _, p := range raw.pids {
+		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 32)
+		if err != nil || n == 0 {
+			return nil, usagef("invalid --pid %q: want a process ID", p)
+		}
+		c.PIDs = append(c.PIDs, uint32(n))
+	}
+	for _, p := range raw.ports {
+		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 16)
+		if err != nil || n == 0 {
+			return nil, usagef("invalid --port %q: want a port from 1 to 65535", p)
+		}
+		c.Ports = append(c.Ports, uint16(n))
+	}
+	for _, s := range raw.states {
+		st, err := tcpstate.Parse(s)
+		if err != nil {
+			return nil, usagef("invalid --state: %v", err)
+		}
+		c.States = append(c.States, st)
+	}
+	switch {
+	case raw.v4 && raw.v6:
+		return nil, usagef("-4 and -6 exclude each other: give one, or neither for both")
+	case raw.v4:
+		c.Family = 4
+	case raw.v6:
+		c.Family = 6
+	}
+	if c.Duration < 0 || fs.Changed("duration") && c.Duration == 0 {
+		return nil, usagef("invalid --duration %v: want a positive duration such as 30s", c.Duration)
+	}
+	if c.StateHook != "" && !contains(tracer.StateHookKinds, c.StateHook) {
+		return nil, usagef("invalid --state-hook %q: want one of %s", c.StateHook, strings.Join(tracer.StateHookKinds, ", "))
+	}
+	if len(c.Comm) > 15 {
+		// The kernel keeps 15 bytes of a command name.
+		c.Comm = c.Comm[:15]
+	}
+	return c, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Usage writes the help text.
+func Usage(w io.Writer) {
+	var c Config
+	var raw rawFlags
+	fs := newFlagSet(&c, &raw)
+	fmt.Fprintf(w, `tcptrace: stream every TCP state change on this host, live, with the process behind it.
+
+Usage: sudo tcptrace [flags]
+
+Flags:
+%s
+Records go to stdout (text, or one JSON object per line with -o json);
+messages and the exit summary go to stderr.
+`, fs.FlagUsages())
+}
+
+var errHelp = errors.New("help requested")

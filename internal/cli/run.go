@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+	"github.com/tcptrace/tcptrace/internal/output"
+	"github.com/tcptrace/tcptrace/internal/tracer"
+)
+
+// version is set at build time with -ldflags "-X .../internal/cli.version=v1.2.3".
+var version = ""
+
+// Version returns the build's version.
+func Version() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// drainEvery bounds how long a record waits in the ring buffer when the
+// kernel skipped the wake-up: the stream's latency budget.
+const drainEvery = 20 * time.Millisecond
+
+// Run parses args and streams until ctx ends, --duration passes, or an error.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := Parse(args)
+	if err != nil {
+		return err
+	}
+	switch {
+	case cfg.Help:
+		Usage(stdout)
+		return nil
+	case cfg.Version:
+		fmt.Fprintf(stdout, "tcptrace %s\n", Version())
+		return nil
+	}
+	if err := checkPrivileges(); err != nil {
+		return err
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones need nothing.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		fmt.Fprintf(stderr, "tcptrace: warning: could not raise RLIMIT_MEMLOCK: %v\n", err)
+	}
+
+	tr, err := tracer.New(tracer.Options{
+		StateMask:    cfg.StateMask(),
+		Family:       cfg.Family,
+		PIDs:         cfg.PIDs,
+		Ports:        cfg.Ports,
+		StateHook:    cfg.StateHook,
+		MountTracefs: !cfg.NoMountTracefs,
+	})
+	if err != nil {
+		return err
+	}
+	defer tr.Close()
+
+	if cfg.Verbose {
+		for _, h := range tr.Hooks() {
+			fmt.Fprintf(stderr, "tcptrace: hook: %s\n", h)
+		}
+	}
+	fmt.Fprintf(stderr, "tcptrace: tracing TCP state changes via %s; Ctrl-C to stop\n", tr.ActiveHook("state changes"))
+
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
+		defer cancel()
+	}
+	p := &pipeline{out: output.New(stdout, cfg.Output, isTerminal(stdout), nil), comm: cfg.Comm}
+	st, err := tr.Run(ctx, drainEvery, p)
+	if cerr := tr.Close(); err == nil {
+		err = cerr
+	}
+	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events-p.dropped, st.Lost)
+	return err
+}
+
+// pipeline carries each record from decode to output. Filters the kernel
+// cannot apply run here; owner enrichment goes between decode and output.
+type pipeline struct {
+	out     *output.Writer
+	comm    string
+	dropped uint64 // filtered out here
+}
+
+func (p *pipeline) Record(e *event.Event) error {
+	if e.Kind == event.KindState && p.comm != "" && string(e.CommBytes()) != p.comm {
+		p.dropped++
+		return nil
+	}
+	return p.out.Write(e)
+}
+
+func (p *pipeline) Idle() error { return p.out.Flush() }
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// checkPrivileges fails early, with what to do, when BPF would be refused.
+func checkPrivileges() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return nil // let the kernel decide
+	}
+	has := func(c uint) bool { return data[c/32].Effective&(1<<(c%32)) != 0 }
+	if has(unix.CAP_SYS_ADMIN) || (has(unix.CAP_BPF) && has(unix.CAP_PERFMON)) {
+		return nil
+	}
+	return tracer.ErrPermission
+}
+
+// ExitCode prints err as one line on stderr and returns the process exit code:
+// 0 for success, 2 for a bad command line, 1 for anything else.
+func ExitCode(err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	var ue *UsageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "tcptrace: %v (see tcptrace --help)\n", err)
+		return 2
+	}
+	fmt.Fprintf(stderr, "tcptrace: %v\n", err)
+	return 1
+}

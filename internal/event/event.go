@@ -1,0 +1,80 @@
+// Package event holds one decoded record of the tcptrace stream. Records are
+// reused: the reader fills one Event per ring-buffer sample and hands a
+// pointer down the pipeline, so nothing here allocates per event.
+package event
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
+)
+
+// Kind tells which fields of an Event are meaningful.
+type Kind uint8
+
+const (
+	// KindState is a TCP state change.
+	KindState Kind = iota + 1
+	// KindLost reports ring-buffer records the kernel could not write.
+	KindLost
+)
+
+// Family is the address family shown to the user (v4-mapped IPv6 is IPv4).
+type Family uint8
+
+const (
+	IPv4 Family = 4
+	IPv6 Family = 6
+)
+
+// String returns "ipv4" or "ipv6".
+func (f Family) String() string {
+	if f == IPv6 {
+		return "ipv6"
+	}
+	return "ipv4"
+}
+
+// Event is one record of the stream.
+type Event struct {
+	Kind Kind
+	// Time is the wall-clock time of the event, in nanoseconds since the epoch.
+	Time int64
+
+	// Sock identifies the kernel socket for the socket's lifetime.
+	Sock  uint64
+	NetNS uint32
+
+	// PID, TID, UID and Comm name the process behind the event.
+	PID, TID, UID uint32
+	Comm          [16]byte
+
+	Family       Family
+	LAddr, RAddr netip.Addr
+	LPort, RPort uint16
+
+	OldState, NewState tcpstate.State
+	// InState is the time spent in OldState; valid when InStateKnown.
+	InState      time.Duration
+	InStateKnown bool
+
+	// Lost is the number of records lost since the previous lost record (KindLost).
+	Lost uint64
+}
+
+// CommBytes returns the command name without its NUL padding.
+func (e *Event) CommBytes() []byte {
+	for i, c := range e.Comm {
+		if c == 0 {
+			return e.Comm[:i]
+		}
+	}
+	return e.Comm[:]
+}
+
+// SetComm stores a command name, truncated as the kernel does (15 bytes).
+func (e *Event) SetComm(s string) {
+	e.Comm = [16]byte{}
+	copy(e.Comm[:15], s)
+}

@@ -1,0 +1,243 @@
+// Package output renders stream records as aligned text or JSON lines.
+//
+// Each record is appended into one reused byte slice with strconv-style
+// appends and written to a bufio.Writer, so the hot path does not allocate.
+// On a terminal every line is flushed; into a pipe or file the caller flushes
+// on its drain timer and at exit.
+package output
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+)
+
+// Format selects the rendering.
+type Format int
+
+const (
+	Text Format = iota
+	JSON
+)
+
+// ParseFormat accepts "text" or "json".
+func ParseFormat(s string) (Format, error) {
+	switch s {
+	case "text":
+		return Text, nil
+	case "json":
+		return JSON, nil
+	}
+	return 0, fmt.Errorf("unknown output format %q (want text or json)", s)
+}
+
+const (
+	textTime     = "15:04:05.000"
+	jsonTime     = "2006-01-02T15:04:05.000000000Z07:00"
+	textHeader   = "TIME         PID     COMM            LOCAL                  REMOTE                 OLD          NEW          MS\n"
+	addrColWidth = 22
+)
+
+// Writer writes records in one format.
+type Writer struct {
+	w            *bufio.Writer
+	format       Format
+	lineBuffered bool
+	loc          *time.Location
+	buf          []byte
+	header       bool
+}
+
+// New returns a Writer on w. lineBuffered flushes after every record (for a
+// terminal). Text times are shown in loc (time.Local when nil); JSON times are UTC.
+func New(w io.Writer, format Format, lineBuffered bool, loc *time.Location) *Writer {
+	if loc == nil {
+		loc = time.Local
+	}
+	return &Writer{
+		w:            bufio.NewWriterSize(w, 64<<10),
+		format:       format,
+		lineBuffered: lineBuffered,
+		loc:          loc,
+		buf:          make([]byte, 0, 512),
+	}
+}
+
+// Write renders one record.
+func (w *Writer) Write(e *event.Event) error {
+	b := w.buf[:0]
+	if w.format == JSON {
+		b = AppendJSON(b, e)
+	} else {
+		if !w.header {
+			w.header = true
+			b = append(b, textHeader...)
+		}
+		b = AppendText(b, e, w.loc)
+	}
+	w.buf = b
+	if _, err := w.w.Write(b); err != nil {
+		return err
+	}
+	if w.lineBuffered {
+		return w.w.Flush()
+	}
+	return nil
+}
+
+// Flush writes out buffered records.
+func (w *Writer) Flush() error { return w.w.Flush() }
+
+// AppendText appends one aligned text line for e.
+func AppendText(b []byte, e *event.Event, loc *time.Location) []byte {
+	b = time.Unix(0, e.Time).In(loc).AppendFormat(b, textTime)
+	b = append(b, ' ')
+	if e.Kind == event.KindLost {
+		b = append(b, "LOST "...)
+		b = strconv.AppendUint(b, e.Lost, 10)
+		b = append(b, " records: the ring buffer was full\n"...)
+		return b
+	}
+	start := len(b)
+	b = strconv.AppendUint(b, uint64(e.PID), 10)
+	b = padTo(b, start, 8)
+	start = len(b)
+	b = appendPrintable(b, e.CommBytes())
+	b = padTo(b, start, 16)
+	start = len(b)
+	b = appendAddrPort(b, e.LAddr.AppendTo, e.Family, e.LPort)
+	b = padTo(b, start, addrColWidth+1)
+	start = len(b)
+	b = appendAddrPort(b, e.RAddr.AppendTo, e.Family, e.RPort)
+	b = padTo(b, start, addrColWidth+1)
+	start = len(b)
+	b = append(b, e.OldState.String()...)
+	b = padTo(b, start, 13)
+	start = len(b)
+	b = append(b, e.NewState.String()...)
+	b = padTo(b, start, 13)
+	if e.InStateKnown {
+		b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+	} else {
+		b = append(b, '-')
+	}
+	return append(b, '\n')
+}
+
+// padTo appends spaces until the column that began at start is width wide
+// (at least one space follows the value).
+func padTo(b []byte, start, width int) []byte {
+	n := width - (len(b) - start)
+	if n < 1 {
+		n = 1
+	}
+	for ; n > 0; n-- {
+		b = append(b, ' ')
+	}
+	return b
+}
+
+func appendAddrPort(b []byte, appendAddr func([]byte) []byte, f event.Family, port uint16) []byte {
+	if f == event.IPv6 {
+		b = append(b, '[')
+		b = appendAddr(b)
+		b = append(b, ']')
+	} else {
+		b = appendAddr(b)
+	}
+	b = append(b, ':')
+	return strconv.AppendUint(b, uint64(port), 10)
+}
+
+// appendPrintable copies a command name, replacing control bytes so that a
+// hostile comm cannot move the terminal cursor.
+func appendPrintable(b, s []byte) []byte {
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f {
+			c = '?'
+		}
+		b = append(b, c)
+	}
+	return b
+}
+
+// AppendJSON appends one JSON object and a newline for e.
+func AppendJSON(b []byte, e *event.Event) []byte {
+	if e.Kind == event.KindLost {
+		b = append(b, `{"type":"lost","time":"`...)
+		b = time.Unix(0, e.Time).UTC().AppendFormat(b, jsonTime)
+		b = append(b, `","count":`...)
+		b = strconv.AppendUint(b, e.Lost, 10)
+		return append(b, "}\n"...)
+	}
+	b = append(b, `{"type":"state","time":"`...)
+	b = time.Unix(0, e.Time).UTC().AppendFormat(b, jsonTime)
+	b = append(b, `","pid":`...)
+	b = strconv.AppendUint(b, uint64(e.PID), 10)
+	b = append(b, `,"comm":`...)
+	b = AppendJSONString(b, e.CommBytes())
+	b = append(b, `,"tid":`...)
+	b = strconv.AppendUint(b, uint64(e.TID), 10)
+	b = append(b, `,"uid":`...)
+	b = strconv.AppendUint(b, uint64(e.UID), 10)
+	b = append(b, `,"family":"`...)
+	b = append(b, e.Family.String()...)
+	b = append(b, `","laddr":"`...)
+	b = e.LAddr.AppendTo(b)
+	b = append(b, `","lport":`...)
+	b = strconv.AppendUint(b, uint64(e.LPort), 10)
+	b = append(b, `,"raddr":"`...)
+	b = e.RAddr.AppendTo(b)
+	b = append(b, `","rport":`...)
+	b = strconv.AppendUint(b, uint64(e.RPort), 10)
+	b = append(b, `,"old_state":"`...)
+	b = append(b, e.OldState.String()...)
+	b = append(b, `","new_state":"`...)
+	b = append(b, e.NewState.String()...)
+	b = append(b, `","in_state_ms":`...)
+	if e.InStateKnown {
+		b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(e.NetNS), 10)
+	b = append(b, `,"sock":"`...)
+	b = strconv.AppendUint(b, e.Sock, 16)
+	return append(b, "\"}\n"...)
+}
+
+const hex = "0123456789abcdef"
+
+// AppendJSONString appends s as a quoted JSON string; invalid UTF-8 becomes U+FFFD.
+func AppendJSONString(b, s []byte) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}

@@ -1,0 +1,209 @@
+package output
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
+)
+
+func sample() *event.Event {
+	e := &event.Event{
+		Kind:         event.KindState,
+		Time:         time.Date(2026, 11, 21, 4, 33, 18, 123456789, time.UTC).UnixNano(),
+		Sock:         0xffff8881066f9280,
+		NetNS:        4026531840,
+		PID:          2329,
+		TID:          2330,
+		UID:          1000,
+		Family:       event.IPv4,
+		LAddr:        netip.MustParseAddr("127.0.0.1"),
+		RAddr:        netip.MustParseAddr("10.0.0.9"),
+		LPort:        40407,
+		RPort:        36120,
+		OldState:     tcpstate.Established,
+		NewState:     tcpstate.CloseWait,
+		InState:      1234567 * time.Nanosecond,
+		InStateKnown: true,
+	}
+	e.SetComm("node")
+	return e
+}
+
+func TestJSONKeysAndValues(t *testing.T) {
+	line := AppendJSON(nil, sample())
+	if !bytes.HasSuffix(line, []byte("\n")) || bytes.Count(line, []byte("\n")) != 1 {
+		t.Fatalf("want exactly one line, got %q", line)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(line, &m); err != nil {
+		t.Fatalf("invalid JSON %q: %v", line, err)
+	}
+	want := map[string]any{
+		"type": "state", "time": "2026-11-21T04:33:18.123456789Z", "pid": 2329.0, "comm": "node",
+		"family": "ipv4", "laddr": "127.0.0.1", "lport": 40407.0, "raddr": "10.0.0.9", "rport": 36120.0,
+		"old_state": "ESTABLISHED", "new_state": "CLOSE_WAIT", "in_state_ms": 1.235,
+		"tid": 2330.0, "uid": 1000.0, "netns": 4026531840.0, "sock": "ffff8881066f9280",
+	}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %#v, want %#v", k, m[k], v)
+		}
+	}
+	if len(m) != len(want) {
+		t.Errorf("keys = %d, want %d: %s", len(m), len(want), line)
+	}
+}
+
+func TestJSONUnknownInStateIsNull(t *testing.T) {
+	e := sample()
+	e.InStateKnown = false
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := m["in_state_ms"]; !ok || v != nil {
+		t.Fatalf("in_state_ms = %#v, want null", v)
+	}
+}
+
+func TestJSONIPv6(t *testing.T) {
+	e := sample()
+	e.Family = event.IPv6
+	e.LAddr = netip.MustParseAddr("::1")
+	e.RAddr = netip.MustParseAddr("2001:db8::7")
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["family"] != "ipv6" || m["laddr"] != "::1" || m["raddr"] != "2001:db8::7" {
+		t.Fatalf("got %v", m)
+	}
+}
+
+func TestJSONLost(t *testing.T) {
+	e := &event.Event{Kind: event.KindLost, Time: 0, Lost: 44}
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["type"] != "lost" || m["count"] != 44.0 {
+		t.Fatalf("got %v", m)
+	}
+}
+
+func TestJSONStringEscaping(t *testing.T) {
+	for _, in := range []string{`a"b`, `back\slash`, "tab\there", "\x01ctl", "caf\xc3\xa9", "bad\xffbyte"} {
+		out := AppendJSONString(nil, []byte(in))
+		var got string
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%q -> %s: %v", in, out, err)
+		}
+		want := strings.ToValidUTF8(in, "\uFFFD")
+		if got != want {
+			t.Errorf("%q round-trips to %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestTextLine(t *testing.T) {
+	line := string(AppendText(nil, sample(), time.UTC))
+	want := "04:33:18.123 2329    node            127.0.0.1:40407        10.0.0.9:36120         ESTABLISHED  CLOSE_WAIT   1.235\n"
+	if line != want {
+		t.Fatalf("got\n%q\nwant\n%q", line, want)
+	}
+}
+
+func TestTextColumnsAlignWithHeader(t *testing.T) {
+	e := sample()
+	e.InStateKnown = false
+	line := string(AppendText(nil, e, time.UTC))
+	for _, col := range []string{"PID", "COMM", "LOCAL", "REMOTE", "OLD", "NEW", "MS"} {
+		i := strings.Index(textHeader, col)
+		if i < 0 || i >= len(line) || line[i-1] != ' ' || line[i] == ' ' {
+			t.Errorf("column %s at %d does not start a field in %q", col, i, line)
+		}
+	}
+}
+
+func TestTextIPv6Brackets(t *testing.T) {
+	e := sample()
+	e.Family = event.IPv6
+	e.LAddr = netip.MustParseAddr("::1")
+	if line := string(AppendText(nil, e, time.UTC)); !strings.Contains(line, "[::1]:40407") {
+		t.Fatalf("got %q", line)
+	}
+}
+
+func TestTextHostileComm(t *testing.T) {
+	e := sample()
+	e.SetComm("x\x1b[2Jy")
+	if line := string(AppendText(nil, e, time.UTC)); strings.ContainsRune(line, 0x1b) {
+		t.Fatalf("escape byte reached the terminal: %q", line)
+	}
+}
+
+func TestWriterHeaderOnceAndFlush(t *testing.T) {
+	var buf bytes.Buffer
+	w := New(&buf, Text, false, time.UTC)
+	for i := 0; i < 3; i++ {
+		if err := w.Write(sample()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if buf.Len() != 0 {
+		t.Fatalf("block-buffered writer wrote before Flush: %q", buf.String())
+	}
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(buf.String(), "TIME "); n != 1 {
+		t.Fatalf("header printed %d times", n)
+	}
+	if n := strings.Count(buf.String(), "\n"); n != 4 {
+		t.Fatalf("lines = %d, want 4", n)
+	}
+}
+
+func TestWriterLineBuffered(t *testing.T) {
+	var buf bytes.Buffer
+	w := New(&buf, JSON, true, nil)
+	if err := w.Write(sample()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(buf.String(), "}\n") {
+		t.Fatalf("line-buffered writer held the record: %q", buf.String())
+	}
+}
+
+func TestParseFormat(t *testing.T) {
+	if f, err := ParseFormat("json"); err != nil || f != JSON {
+		t.Fatal("json")
+	}
+	if _, err := ParseFormat("yaml"); err == nil {
+		t.Fatal("yaml accepted")
+	}
+}
+
+func BenchmarkAppendJSON(b *testing.B) {
+	e := sample()
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = AppendJSON(buf[:0], e)
+	}
+}
+
+func BenchmarkAppendText(b *testing.B) {
+	e := sample()
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = AppendText(buf[:0], e, time.UTC)
+	}
+}

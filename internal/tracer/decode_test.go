@@ -1,0 +1,97 @@
+package tracer
+
+import (
+	"errors"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
+)
+
+func rawOf(r *tcptraceEvent) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(r)), rawEventSize)
+}
+
+func v4Sample() *tcptraceEvent {
+	r := &tcptraceEvent{
+		TsNs: 1000, Skaddr: 0xffff1, InStateNs: 2500000, Type: tcptraceRecordTypeRECORD_STATE,
+		Flags: tcptraceEventFlagEVENT_IN_STATE_KNOWN, Netns: 4026531840, Pid: 42, Tid: 43, Uid: 7,
+		Family: afInet, Lport: 8080, Rport: 51234, Oldstate: 1, Newstate: 8,
+	}
+	copy(r.Saddr[:], []byte{127, 0, 0, 1})
+	copy(r.Daddr[:], []byte{10, 0, 0, 9})
+	copy(r.Comm[:], "redis-server")
+	return r
+}
+
+func TestDecodeIPv4(t *testing.T) {
+	var ev event.Event
+	if err := decode(rawOf(v4Sample()), 5000, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != event.KindState || ev.Time != 6000 || ev.PID != 42 || ev.TID != 43 || ev.UID != 7 ||
+		ev.NetNS != 4026531840 || ev.Sock != 0xffff1 {
+		t.Fatalf("ids: %+v", ev)
+	}
+	if ev.Family != event.IPv4 || ev.LAddr.String() != "127.0.0.1" || ev.RAddr.String() != "10.0.0.9" ||
+		ev.LPort != 8080 || ev.RPort != 51234 {
+		t.Fatalf("addresses: %+v", ev)
+	}
+	if ev.OldState != tcpstate.Established || ev.NewState != tcpstate.CloseWait {
+		t.Fatalf("states: %v -> %v", ev.OldState, ev.NewState)
+	}
+	if !ev.InStateKnown || ev.InState != 2500*time.Microsecond {
+		t.Fatalf("in state: %v %v", ev.InStateKnown, ev.InState)
+	}
+	if string(ev.CommBytes()) != "redis-server" {
+		t.Fatalf("comm %q", ev.CommBytes())
+	}
+}
+
+func TestDecodeIPv6AndUnknownInState(t *testing.T) {
+	r := v4Sample()
+	r.Family = afInet6
+	r.Flags = 0
+	r.Saddr = [16]byte{15: 1}
+	r.Daddr = [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 7}
+	var ev event.Event
+	if err := decode(rawOf(r), 0, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Family != event.IPv6 || ev.LAddr.String() != "::1" || ev.RAddr.String() != "2001:db8::7" {
+		t.Fatalf("got %+v", ev)
+	}
+	if ev.InStateKnown {
+		t.Fatal("in-state time should be unknown without the flag")
+	}
+}
+
+func TestDecodeRejectsShortAndUnknown(t *testing.T) {
+	var ev event.Event
+	if err := decode(rawOf(v4Sample())[:rawEventSize-1], 0, &ev); !errors.Is(err, errShortSample) {
+		t.Fatalf("short sample: %v", err)
+	}
+	r := v4Sample()
+	r.Type = 99
+	if err := decode(rawOf(r), 0, &ev); err == nil {
+		t.Fatal("unknown type accepted")
+	}
+	r = v4Sample()
+	r.Family = 1
+	if err := decode(rawOf(r), 0, &ev); err == nil {
+		t.Fatal("unknown family accepted")
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	raw := rawOf(v4Sample())
+	var ev event.Event
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if err := decode(raw, 0, &ev); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,150 @@
+package tracer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+)
+
+// Sink receives the stream in order. The *event.Event is reused for the
+// next record: copy what must outlive the call.
+type Sink interface {
+	Record(*event.Event) error
+	// Idle runs after every drain of the ring buffer, at least once per
+	// drain interval: the place to flush buffered output.
+	Idle() error
+}
+
+// Stats counts what a run delivered and what the kernel could not write.
+type Stats struct {
+	Events uint64
+	Lost   uint64
+}
+
+// Run streams records to sink until ctx ends. Then it detaches every hook,
+// drains what the ring buffer still holds, emits held events and a final
+// lost count, and returns. drainEvery bounds how long a record can wait in
+// the ring buffer when the kernel side skips the wake-up.
+func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (Stats, error) {
+	var st Stats
+	rd, err := ringbuf.NewReader(t.maps.Maps["events"])
+	if err != nil {
+		return st, fmt.Errorf("open ring buffer: %w", err)
+	}
+	defer rd.Close()
+
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-ctx.Done():
+			// Stop the producers first, then let the reader drain the rest.
+			t.Detach()
+			rd.Flush()
+		case <-stopped:
+		}
+	}()
+
+	var (
+		rec    ringbuf.Record
+		ev     event.Event
+		offset = wallOffset()
+		lost   = lostCounter{t: t}
+	)
+	rd.SetDeadline(time.Now().Add(drainEvery))
+	for {
+		err := rd.ReadInto(&rec)
+		switch {
+		case err == nil:
+			if err := decode(rec.RawSample, offset, &ev); err != nil {
+				return st, err
+			}
+			st.Events++
+			if err := sink.Record(&ev); err != nil {
+				return st, err
+			}
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			if err := lost.report(sink, &st); err != nil {
+				return st, err
+			}
+			if err := sink.Idle(); err != nil {
+				return st, err
+			}
+			offset = wallOffset()
+			rd.SetDeadline(time.Now().Add(drainEvery))
+		case errors.Is(err, ringbuf.ErrFlushed):
+			if err := t.emitHeld(offset, sink, &st); err != nil {
+				return st, err
+			}
+			if err := lost.report(sink, &st); err != nil {
+				return st, err
+			}
+			return st, sink.Idle()
+		default:
+			return st, fmt.Errorf("read ring buffer: %w", err)
+		}
+	}
+}
+
+// emitHeld sends the SYN_SENT events still waiting for their local port:
+// at exit they go out as the kernel had them rather than not at all.
+func (t *Tracer) emitHeld(offset int64, sink Sink, st *Stats) error {
+	var (
+		key uint64
+		raw tcptraceEvent
+		ev  event.Event
+	)
+	it := t.maps.Maps["pending_connects"].Iterate()
+	for it.Next(&key, &raw) {
+		if err := decode(unsafe.Slice((*byte)(unsafe.Pointer(&raw)), rawEventSize), offset, &ev); err != nil {
+			return err
+		}
+		st.Events++
+		if err := sink.Record(&ev); err != nil {
+			return err
+		}
+	}
+	return it.Err()
+}
+
+// lostCounter turns the kernel's per-CPU count of failed ring-buffer writes
+// into lost records in the stream.
+type lostCounter struct {
+	t      *Tracer
+	perCPU []uint64
+	seen   uint64
+}
+
+func (l *lostCounter) report(sink Sink, st *Stats) error {
+	if err := l.t.maps.Maps["lost"].Lookup(uint32(0), &l.perCPU); err != nil {
+		return fmt.Errorf("read BPF map lost: %w", err)
+	}
+	var total uint64
+	for _, n := range l.perCPU {
+		total += n
+	}
+	if total == l.seen {
+		return nil
+	}
+	ev := event.Event{Kind: event.KindLost, Time: time.Now().UnixNano(), Lost: total - l.seen}
+	l.seen = total
+	st.Lost = total
+	return sink.Record(&ev)
+}
+
+// wallOffset converts CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time.
+// It is refreshed on every drain so clock steps do not accumulate.
+func wallOffset() int64 {
+	var mono, real unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono)
+	unix.ClockGettime(unix.CLOCK_REALTIME, &real)
+	return real.Nano() - mono.Nano()
+}

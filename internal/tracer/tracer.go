@@ -1,0 +1,363 @@
+// Package tracer loads tcptrace's BPF programs, attaches each feature to the
+// best hook the running kernel offers, and streams decoded records.
+package tracer
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/btf"
+	"github.com/cilium/ebpf/features"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+)
+
+// Options configure what the kernel side records. Filters set here run in
+// BPF, so what they exclude never crosses the ring buffer.
+type Options struct {
+	// StateMask has bit n set to report changes into state n; 0 reports all.
+	StateMask uint32
+	// Family is 0 for both, 4 or 6.
+	Family int
+	PIDs   []uint32
+	Ports  []uint16
+
+	// RingBytes is the ring buffer size (a power of two, at least a page).
+	RingBytes uint32
+	// WakeupBytes wakes the reader early once this much data waits; below it
+	// the reader drains on its timer, so busy paths pay no wake-up per event.
+	WakeupBytes uint32
+
+	// StateHook forces one hook for state changes ("tp_btf", "raw_tp",
+	// "tracepoint"); empty picks the best that loads.
+	StateHook string
+	// MountTracefs allows mounting tracefs at /sys/kernel/tracing when the
+	// classic tracepoint is the only hook left and tracefs is missing.
+	MountTracefs bool
+}
+
+// DefaultRingBytes holds about 80,000 state changes.
+const DefaultRingBytes = 8 << 20
+
+// Hook reports one candidate hook for one feature, for -v.
+type Hook struct {
+	Feature string // what the hook is for, e.g. "state changes"
+	Name    string // e.g. "tp_btf/inet_sock_set_state"
+	Active  bool
+	Err     error // why it is not active; nil when not tried
+}
+
+func (h Hook) String() string {
+	switch {
+	case h.Active:
+		return fmt.Sprintf("%s: %s (active)", h.Feature, h.Name)
+	case h.Err != nil:
+		return fmt.Sprintf("%s: %s not used: %v", h.Feature, h.Name, h.Err)
+	default:
+		return fmt.Sprintf("%s: %s not tried (a better hook is active)", h.Feature, h.Name)
+	}
+}
+
+// candidate is one way to attach a feature.
+type candidate struct {
+	name   string // as shown to the user
+	kind   string // tp_btf, raw_tp or tracepoint
+	prog   string // program name in the object
+	attach func(*ebpf.Program) (link.Link, error)
+}
+
+// feature is something the tracer needs, with its hooks best first.
+type feature struct {
+	name     string
+	required bool
+	// degraded says what the user loses when no hook attaches (optional features).
+	degraded   string
+	candidates []candidate
+}
+
+func rawTracepoint(name string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) {
+		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: name, Program: p})
+	}
+}
+
+func tpBTF(p *ebpf.Program) (link.Link, error) {
+	return link.AttachTracing(link.TracingOptions{Program: p})
+}
+
+func (t *Tracer) features(opts *Options) []feature {
+	states := feature{
+		name:     "state changes",
+		required: true,
+		candidates: []candidate{
+			{"tp_btf/inet_sock_set_state", "tp_btf", "state_btf", tpBTF},
+			{"raw_tp/inet_sock_set_state", "raw_tp", "state_raw", rawTracepoint("inet_sock_set_state")},
+			{"tracepoint/sock/inet_sock_set_state", "tracepoint", "state_tp", func(p *ebpf.Program) (link.Link, error) {
+				if err := t.ensureTracefs(opts.MountTracefs); err != nil {
+					return nil, err
+				}
+				return link.Tracepoint("sock", "inet_sock_set_state", p, nil)
+			}},
+		},
+	}
+	if opts.StateHook != "" {
+		var kept []candidate
+		for _, c := range states.candidates {
+			if c.kind == opts.StateHook {
+				kept = append(kept, c)
+			}
+		}
+		states.candidates = kept
+	}
+	connect := feature{
+		name:     "connect port",
+		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port",
+		candidates: []candidate{
+			{"tp_btf/sys_exit", "tp_btf", "connect_exit_btf", tpBTF},
+			{"raw_tp/sys_exit", "raw_tp", "connect_exit_raw", rawTracepoint("sys_exit")},
+		},
+	}
+	return []feature{states, connect}
+}
+
+// StateHookKinds lists the values Options.StateHook accepts.
+var StateHookKinds = []string{"tp_btf", "raw_tp", "tracepoint"}
+
+// Tracer owns every BPF object tcptrace loaded; Close releases them all.
+type Tracer struct {
+	maps    *ebpf.Collection
+	progs   []*ebpf.Collection
+	links   []link.Link
+	hooks   []Hook
+	mounted string // tracefs mount point we created, unmounted on Close
+}
+
+// ErrNoBTF means the kernel exposes no BTF (/sys/kernel/btf/vmlinux).
+var ErrNoBTF = errors.New("kernel BTF not found at /sys/kernel/btf/vmlinux: tcptrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
+
+// ErrPermission means the kernel refused a BPF operation for lack of privilege.
+var ErrPermission = errors.New("permission denied: tcptrace needs root or CAP_BPF+CAP_PERFMON")
+
+// New loads the BPF objects with opts and attaches every feature.
+func New(opts Options) (_ *Tracer, err error) {
+	if _, err := btf.LoadKernelSpec(); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, ErrNoBTF
+		}
+		return nil, fmt.Errorf("read kernel BTF: %w", err)
+	}
+	if err := features.HaveMapType(ebpf.RingBuf); err != nil {
+		if errors.Is(err, unix.EPERM) {
+			return nil, ErrPermission
+		}
+		return nil, fmt.Errorf("kernel lacks BPF ring buffers (needs Linux 5.8 or later): %w", err)
+	}
+
+	spec, err := loadTcptrace()
+	if err != nil {
+		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
+	}
+	if err := configure(spec, &opts); err != nil {
+		return nil, err
+	}
+
+	t := &Tracer{}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+
+	// Maps first, shared by whichever programs end up loaded.
+	mapSpec := spec.Copy()
+	mapSpec.Programs = nil
+	if t.maps, err = ebpf.NewCollection(mapSpec); err != nil {
+		return nil, loadError("create BPF maps", err)
+	}
+	if err := t.fillFilters(&opts); err != nil {
+		return nil, err
+	}
+
+	for _, f := range t.features(&opts) {
+		if err := t.attachFeature(spec, f); err != nil {
+			return nil, err
+		}
+	}
+	return t, nil
+}
+
+func configure(spec *ebpf.CollectionSpec, opts *Options) error {
+	cfg := tcptraceConfig{StateMask: opts.StateMask, WakeupBytes: opts.WakeupBytes}
+	switch opts.Family {
+	case 0:
+	case 4:
+		cfg.Family = afInet
+	case 6:
+		cfg.Family = afInet6
+	default:
+		return fmt.Errorf("invalid address family %d", opts.Family)
+	}
+	if len(opts.PIDs) > 0 {
+		cfg.FilterPids = 1
+	}
+	if len(opts.Ports) > 0 {
+		cfg.FilterPorts = 1
+	}
+	if opts.RingBytes == 0 {
+		opts.RingBytes = DefaultRingBytes
+	}
+	if opts.WakeupBytes == 0 {
+		cfg.WakeupBytes = opts.RingBytes / 16
+	}
+	spec.Maps["events"].MaxEntries = opts.RingBytes
+	if err := spec.Variables["cfg"].Set(cfg); err != nil {
+		return fmt.Errorf("set BPF config: %w", err)
+	}
+	return nil
+}
+
+func (t *Tracer) fillFilters(opts *Options) error {
+	one := uint8(1)
+	for _, pid := range opts.PIDs {
+		if err := t.maps.Maps["filter_pids"].Put(pid, one); err != nil {
+			return fmt.Errorf("fill BPF map filter_pids: %w", err)
+		}
+	}
+	for _, port := range opts.Ports {
+		if err := t.maps.Maps["filter_ports"].Put(port, one); err != nil {
+			return fmt.Errorf("fill BPF map filter_ports: %w", err)
+		}
+	}
+	return nil
+}
+
+// attachFeature tries f's hooks in order and keeps the first that loads and attaches.
+func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
+	var errs []string
+	for i, c := range f.candidates {
+		l, coll, err := t.loadAndAttach(spec, c)
+		if err == nil {
+			t.links = append(t.links, l)
+			t.progs = append(t.progs, coll)
+			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
+			for _, rest := range f.candidates[i+1:] {
+				t.hooks = append(t.hooks, Hook{Feature: f.name, Name: rest.name})
+			}
+			return nil
+		}
+		if errors.Is(err, unix.EPERM) && !isVerifierError(err) {
+			return ErrPermission
+		}
+		t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Err: err})
+		errs = append(errs, fmt.Sprintf("%s: %v", c.name, err))
+	}
+	if f.required {
+		return fmt.Errorf("no hook for %s could be attached (%s)", f.name, strings.Join(errs, "; "))
+	}
+	t.hooks = append(t.hooks, Hook{Feature: f.name, Name: "none", Err: errors.New(f.degraded)})
+	return nil
+}
+
+// loadAndAttach loads only c's program (the others are pruned from the spec)
+// against the shared maps, then attaches it.
+func (t *Tracer) loadAndAttach(spec *ebpf.CollectionSpec, c candidate) (link.Link, *ebpf.Collection, error) {
+	ps := spec.Programs[c.prog]
+	if ps == nil {
+		return nil, nil, fmt.Errorf("program %s missing from the BPF object", c.prog)
+	}
+	one := spec.Copy()
+	one.Programs = map[string]*ebpf.ProgramSpec{c.prog: ps.Copy()}
+	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: t.maps.Maps})
+	if err != nil {
+		return nil, nil, loadError("load "+c.name, err)
+	}
+	l, err := c.attach(coll.Programs[c.prog])
+	if err != nil {
+		coll.Close()
+		return nil, nil, fmt.Errorf("attach %s: %w", c.name, err)
+	}
+	return l, coll, nil
+}
+
+func isVerifierError(err error) bool {
+	var ve *ebpf.VerifierError
+	return errors.As(err, &ve)
+}
+
+// loadError keeps a verifier rejection readable: its last lines, not the whole log.
+func loadError(what string, err error) error {
+	var ve *ebpf.VerifierError
+	if errors.As(err, &ve) {
+		lines := ve.Log
+		if len(lines) > 8 {
+			lines = lines[len(lines)-8:]
+		}
+		return fmt.Errorf("%s: verifier rejected the program (%v): %s", what, ve.Cause, strings.Join(lines, " | "))
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// Hooks reports which hook serves each feature and why others were not used.
+func (t *Tracer) Hooks() []Hook { return t.hooks }
+
+// ActiveHook returns the active hook's name for a feature, or "".
+func (t *Tracer) ActiveHook(feature string) string {
+	for _, h := range t.hooks {
+		if h.Feature == feature && h.Active {
+			return h.Name
+		}
+	}
+	return ""
+}
+
+// Detach closes every link so the kernel stops producing records; maps stay
+// readable so the ring buffer can still be drained.
+func (t *Tracer) Detach() error {
+	var errs []error
+	for _, l := range t.links {
+		errs = append(errs, l.Close())
+	}
+	t.links = nil
+	for _, c := range t.progs {
+		c.Close()
+	}
+	t.progs = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches and releases every program, link and map.
+func (t *Tracer) Close() error {
+	err := t.Detach()
+	if t.maps != nil {
+		t.maps.Close()
+		t.maps = nil
+	}
+	if t.mounted != "" {
+		unix.Unmount(t.mounted, 0)
+		t.mounted = ""
+	}
+	return err
+}
+
+const tracefsPath = "/sys/kernel/tracing"
+
+// ensureTracefs mounts tracefs where cilium/ebpf looks for it, if allowed;
+// Close unmounts what it mounted. cilium/ebpf caches the tracefs path on first
+// use, so this must run before any tracefs-based attach.
+func (t *Tracer) ensureTracefs(allowMount bool) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(tracefsPath, &st); err == nil && st.Type == unix.TRACEFS_MAGIC {
+		return nil
+	}
+	if !allowMount {
+		return fmt.Errorf("tracefs is not mounted at %s (mount it: mount -t tracefs tracefs %s)", tracefsPath, tracefsPath)
+	}
+	if err := unix.Mount("tracefs", tracefsPath, "tracefs", 0, ""); err != nil {
+		return fmt.Errorf("mount tracefs at %s: %w", tracefsPath, err)
+	}
+	t.mounted = tracefsPath
+	return nil
+}
