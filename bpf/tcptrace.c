@@ -241,13 +241,13 @@ static __always_inline int handle_sys_exit(struct pt_regs *regs)
 }
 
 SEC("tp_btf/sys_exit")
-int BPF_PROG(connect_exit_btf, struct pt_regs *regs, long ret)
+int BPF_PROG(connect_btf, struct pt_regs *regs, long ret)
 {
 	return handle_sys_exit(regs);
 }
 
 SEC("raw_tp/sys_exit")
-int BPF_PROG(connect_exit_raw, struct pt_regs *regs, long ret)
+int BPF_PROG(connect_raw, struct pt_regs *regs, long ret)
 {
 	return handle_sys_exit(regs);
 }

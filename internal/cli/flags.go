@@ -32,6 +32,7 @@ type Config struct {
 	States   []tcpstate.State
 	Family   int // 0, 4 or 6
 	Duration time.Duration
+	RingSize uint32
 	Verbose  bool
 	Version  bool
 	Help     bool
@@ -65,6 +66,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
+	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts")
 	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached and why others are not")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	fs.BoolVarP(&c.Help, "help", "h", false, "show this help")
@@ -75,7 +77,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 }
 
 type rawFlags struct {
-	output              string
+	output, ringSize    string
 	pids, ports, states []string
 	v4, v6              bool
 }
@@ -130,6 +132,9 @@ func Parse(args []string) (*Config, error) {
 	if c.Duration < 0 || fs.Changed("duration") && c.Duration == 0 {
 		return nil, usagef("invalid --duration %v: want a positive duration such as 30s", c.Duration)
 	}
+	if c.RingSize, err = parseSize(raw.ringSize); err != nil {
+		return nil, usagef("invalid --ring-size %q: %v", raw.ringSize, err)
+	}
 	if c.StateHook != "" && !contains(tracer.StateHookKinds, c.StateHook) {
 		return nil, usagef("invalid --state-hook %q: want one of %s", c.StateHook, strings.Join(tracer.StateHookKinds, ", "))
 	}
@@ -138,6 +143,26 @@ func Parse(args []string) (*Config, error) {
 		c.Comm = c.Comm[:15]
 	}
 	return c, nil
+}
+
+// parseSize reads a power-of-two byte count with an optional K or M suffix.
+func parseSize(s string) (uint32, error) {
+	mult := uint64(1)
+	switch {
+	case strings.HasSuffix(s, "K"), strings.HasSuffix(s, "k"):
+		mult, s = 1<<10, s[:len(s)-1]
+	case strings.HasSuffix(s, "M"), strings.HasSuffix(s, "m"):
+		mult, s = 1<<20, s[:len(s)-1]
+	}
+	n, err := strconv.ParseUint(s, 10, 32)
+	if err != nil {
+		return 0, errors.New("want a size such as 8M")
+	}
+	n *= mult
+	if n < 4096 || n > 1<<30 || n&(n-1) != 0 {
+		return 0, errors.New("want a power of two from 4K to 1024M")
+	}
+	return uint32(n), nil
 }
 
 func contains(list []string, s string) bool {

@@ -62,6 +62,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Family:       cfg.Family,
 		PIDs:         cfg.PIDs,
 		Ports:        cfg.Ports,
+		RingBytes:    cfg.RingSize,
 		StateHook:    cfg.StateHook,
 		MountTracefs: !cfg.NoMountTracefs,
 	})

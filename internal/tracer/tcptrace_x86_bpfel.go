@@ -67,8 +67,8 @@ const (
 	tcptraceMapLost            = "lost"
 	tcptraceMapPendingConnects = "pending_connects"
 	tcptraceMapStateSince      = "state_since"
-	tcptraceProgConnectExitBtf = "connect_exit_btf"
-	tcptraceProgConnectExitRaw = "connect_exit_raw"
+	tcptraceProgConnectBtf     = "connect_btf"
+	tcptraceProgConnectRaw     = "connect_raw"
 	tcptraceProgStateBtf       = "state_btf"
 	tcptraceProgStateRaw       = "state_raw"
 	tcptraceProgStateTp        = "state_tp"
@@ -117,11 +117,11 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	ConnectExitBtf *ebpf.ProgramSpec `ebpf:"connect_exit_btf"`
-	ConnectExitRaw *ebpf.ProgramSpec `ebpf:"connect_exit_raw"`
-	StateBtf       *ebpf.ProgramSpec `ebpf:"state_btf"`
-	StateRaw       *ebpf.ProgramSpec `ebpf:"state_raw"`
-	StateTp        *ebpf.ProgramSpec `ebpf:"state_tp"`
+	ConnectBtf *ebpf.ProgramSpec `ebpf:"connect_btf"`
+	ConnectRaw *ebpf.ProgramSpec `ebpf:"connect_raw"`
+	StateBtf   *ebpf.ProgramSpec `ebpf:"state_btf"`
+	StateRaw   *ebpf.ProgramSpec `ebpf:"state_raw"`
+	StateTp    *ebpf.ProgramSpec `ebpf:"state_tp"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -196,17 +196,17 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	ConnectExitBtf *ebpf.Program `ebpf:"connect_exit_btf"`
-	ConnectExitRaw *ebpf.Program `ebpf:"connect_exit_raw"`
-	StateBtf       *ebpf.Program `ebpf:"state_btf"`
-	StateRaw       *ebpf.Program `ebpf:"state_raw"`
-	StateTp        *ebpf.Program `ebpf:"state_tp"`
+	ConnectBtf *ebpf.Program `ebpf:"connect_btf"`
+	ConnectRaw *ebpf.Program `ebpf:"connect_raw"`
+	StateBtf   *ebpf.Program `ebpf:"state_btf"`
+	StateRaw   *ebpf.Program `ebpf:"state_raw"`
+	StateTp    *ebpf.Program `ebpf:"state_tp"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
-		p.ConnectExitBtf,
-		p.ConnectExitRaw,
+		p.ConnectBtf,
+		p.ConnectRaw,
 		p.StateBtf,
 		p.StateRaw,
 		p.StateTp,

@@ -116,8 +116,8 @@ func (t *Tracer) features(opts *Options) []feature {
 		name:     "connect port",
 		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port",
 		candidates: []candidate{
-			{"tp_btf/sys_exit", "tp_btf", "connect_exit_btf", tpBTF},
-			{"raw_tp/sys_exit", "raw_tp", "connect_exit_raw", rawTracepoint("sys_exit")},
+			{"tp_btf/sys_exit", "tp_btf", "connect_btf", tpBTF},
+			{"raw_tp/sys_exit", "raw_tp", "connect_raw", rawTracepoint("sys_exit")},
 		},
 	}
 	return []feature{states, connect}

@@ -1,0 +1,118 @@
+package cli
+
+import (
+	"bytes"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+	"github.com/tcptrace/tcptrace/internal/output"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
+)
+
+func TestParseDefaults(t *testing.T) {
+	c, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Output != output.Text || c.Family != 0 || c.StateMask() != 0 || c.RingSize != 8<<20 || c.Duration != 0 {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestParseAll(t *testing.T) {
+	c, err := Parse([]string{"-o", "json", "-p", "1,22", "--pid", "333", "-c", "node", "--port", "80,443",
+		"--state", "close_wait,TCP_LISTEN", "-6", "--duration", "5s", "-v", "--ring-size", "32M"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Output != output.JSON || c.Comm != "node" || c.Family != 6 || c.Duration != 5*time.Second || !c.Verbose {
+		t.Fatalf("got %+v", c)
+	}
+	if len(c.PIDs) != 3 || c.PIDs[0] != 1 || c.PIDs[2] != 333 {
+		t.Fatalf("pids %v", c.PIDs)
+	}
+	if len(c.Ports) != 2 || c.Ports[1] != 443 {
+		t.Fatalf("ports %v", c.Ports)
+	}
+	if want := uint32(1<<tcpstate.CloseWait | 1<<tcpstate.Listen); c.StateMask() != want {
+		t.Fatalf("state mask %#x, want %#x", c.StateMask(), want)
+	}
+	if c.RingSize != 32<<20 {
+		t.Fatalf("ring size %d", c.RingSize)
+	}
+}
+
+func TestParseErrorsAreUsageErrors(t *testing.T) {
+	for _, args := range [][]string{
+		{"--bogus"}, {"--state", "nope"}, {"--port", "0"}, {"--port", "65536"}, {"--pid", "-3"},
+		{"-o", "xml"}, {"-4", "-6"}, {"--duration", "0s"}, {"--ring-size", "3000"}, {"--ring-size", "1K"},
+		{"--state-hook", "kprobe"}, {"listen"},
+	} {
+		_, err := Parse(args)
+		var ue *UsageError
+		if !errors.As(err, &ue) {
+			t.Errorf("Parse(%v) = %v, want a usage error", args, err)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	var buf bytes.Buffer
+	if code := ExitCode(nil, &buf); code != 0 || buf.Len() != 0 {
+		t.Fatalf("nil: %d %q", code, buf.String())
+	}
+	_, err := Parse([]string{"--port", "x"})
+	if code := ExitCode(err, &buf); code != 2 || strings.Count(buf.String(), "\n") != 1 {
+		t.Fatalf("usage: %d %q", code, buf.String())
+	}
+	buf.Reset()
+	if code := ExitCode(errors.New("boom"), &buf); code != 1 || buf.String() != "tcptrace: boom\n" {
+		t.Fatalf("runtime: %d %q", code, buf.String())
+	}
+}
+
+func TestHelpAndVersionNeedNoPrivilege(t *testing.T) {
+	var out, errb bytes.Buffer
+	if err := Run(t.Context(), []string{"-h"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	for _, flag := range []string{"--output", "--pid", "--comm", "--port", "--state", "--ipv4", "--ipv6", "--duration", "--verbose", "--version"} {
+		if !strings.Contains(out.String(), flag) {
+			t.Errorf("help lacks %s", flag)
+		}
+	}
+	if strings.Contains(out.String(), "--state-hook") {
+		t.Error("help shows the hidden --state-hook")
+	}
+	out.Reset()
+	if err := Run(t.Context(), []string{"--version"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "tcptrace ") {
+		t.Fatalf("version: %q %v", out.String(), err)
+	}
+}
+
+func TestPipelineCommFilter(t *testing.T) {
+	var buf bytes.Buffer
+	p := &pipeline{out: output.New(&buf, output.JSON, false, nil), comm: "node"}
+	e := &event.Event{Kind: event.KindState, Family: event.IPv4,
+		LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1")}
+	for _, comm := range []string{"node", "nginx", "nodejs"} {
+		e.SetComm(comm)
+		if err := p.Record(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lost := &event.Event{Kind: event.KindLost, Lost: 3}
+	p.Record(lost)
+	p.Idle()
+	out := buf.String()
+	if strings.Count(out, `"type":"state"`) != 1 || !strings.Contains(out, `"comm":"node"`) || p.dropped != 2 {
+		t.Fatalf("comm filter kept:\n%s", out)
+	}
+	if !strings.Contains(out, `"type":"lost"`) {
+		t.Fatal("lost records must pass every filter")
+	}
+}

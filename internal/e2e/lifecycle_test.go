@@ -1,0 +1,225 @@
+package e2e
+
+import (
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+)
+
+// ourPrograms lists loaded BPF programs newer than after, by ID and name.
+// Names are cut to 15 bytes by the kernel.
+func ourPrograms(t *testing.T, after ebpf.ProgramID) map[ebpf.ProgramID]string {
+	t.Helper()
+	names := map[string]bool{"state_btf": true, "state_raw": true, "state_tp": true,
+		"connect_btf": true, "connect_raw": true}
+	out := map[ebpf.ProgramID]string{}
+	for id := after; ; {
+		next, err := ebpf.ProgramGetNextID(id)
+		if errors.Is(err, os.ErrNotExist) {
+			return out
+		} else if err != nil {
+			t.Fatalf("list BPF programs: %v", err)
+		}
+		id = next
+		p, err := ebpf.NewProgramFromID(id)
+		if err != nil {
+			continue // gone meanwhile
+		}
+		info, err := p.Info()
+		p.Close()
+		if err == nil && names[info.Name] {
+			out[id] = info.Name
+		}
+	}
+}
+
+func lastProgramID(t *testing.T) ebpf.ProgramID {
+	var last ebpf.ProgramID
+	for {
+		next, err := ebpf.ProgramGetNextID(last)
+		if err != nil {
+			return last
+		}
+		last = next
+	}
+}
+
+// linksTo counts BPF links attached for any of progs.
+func linksTo(t *testing.T, progs map[ebpf.ProgramID]string) int {
+	t.Helper()
+	it := new(link.Iterator)
+	defer it.Close()
+	n := 0
+	for it.Next() {
+		info, err := it.Link.Info()
+		if err == nil {
+			if _, ok := progs[info.Program]; ok {
+				n++
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		t.Fatalf("list BPF links: %v", err)
+	}
+	return n
+}
+
+// TestCleanExit: while tcptrace runs its programs and links are loaded; after
+// SIGINT (and SIGTERM) none of them is left.
+func TestCleanExit(t *testing.T) {
+	needRoot(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			base := lastProgramID(t)
+			tr := startTracer(t)
+			progs := ourPrograms(t, base)
+			if len(progs) < 2 {
+				t.Fatalf("while tracing, found programs %v, want the state and connect programs", progs)
+			}
+			if n := linksTo(t, progs); n != len(progs) {
+				t.Fatalf("while tracing, %d links for %d programs", n, len(progs))
+			}
+			tr.cmd.Process.Signal(sig)
+			if code := tr.wait(); code != 0 {
+				t.Fatalf("exit code %d after %v; stderr:\n%s", code, sig, tr.stderrText())
+			}
+			// Programs are freed after an RCU grace period: allow a moment.
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				left := ourPrograms(t, base)
+				if len(left) == 0 && linksTo(t, progs) == 0 {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("after %v, still loaded: programs %v, links %d", sig, left, linksTo(t, progs))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			if !strings.Contains(tr.stderrText(), "0 lost") {
+				t.Errorf("summary missing: %s", tr.stderrText())
+			}
+		})
+	}
+}
+
+// TestDuration: --duration ends the run by itself, cleanly.
+func TestDuration(t *testing.T) {
+	needRoot(t)
+	tr := newTracer(t, "--duration", "300ms")
+	close(tr.gate)
+	if code := tr.wait(); code != 0 {
+		t.Fatalf("exit code %d; stderr:\n%s", code, tr.stderrText())
+	}
+	if !strings.Contains(tr.stderrText(), " events, ") {
+		t.Fatalf("no summary: %s", tr.stderrText())
+	}
+}
+
+// TestTracepointLeavesTracefsAsFound: the classic-tracepoint path mounts
+// tracefs when it is missing and unmounts it at exit.
+func TestTracepointLeavesTracefsAsFound(t *testing.T) {
+	needRoot(t)
+	before := tracefsMounted(t)
+	tr := startTracer(t, "--state-hook", "tracepoint")
+	if !tracefsMounted(t) {
+		t.Fatal("tracepoint path is active but tracefs is not mounted")
+	}
+	tr.stopClean()
+	if after := tracefsMounted(t); after != before {
+		t.Fatalf("tracefs mounted before: %v, after: %v", before, after)
+	}
+}
+
+func tracefsMounted(t *testing.T) bool {
+	b, err := os.ReadFile("/proc/self/mounts")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(b), " /sys/kernel/tracing tracefs ")
+}
+
+// runTcptrace runs tcptrace to completion and returns exit code and stderr.
+func runTcptrace(t *testing.T, cred *syscall.Credential, exe string, args ...string) (int, string, string) {
+	t.Helper()
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), roleEnv+"=tcptrace")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode(), stdout.String(), stderr.String()
+	} else if err != nil {
+		t.Fatalf("run tcptrace: %v", err)
+	}
+	return 0, stdout.String(), stderr.String()
+}
+
+// TestBadInvocations: each mistake is one line on stderr, nothing on stdout,
+// and exit code 2; lack of privilege is exit code 1 and says what is needed.
+func TestBadInvocations(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--bogus"}, "unknown flag: --bogus"},
+		{[]string{"--state", "CLOSED"}, `unknown TCP state "CLOSED"`},
+		{[]string{"--port", "70000"}, `invalid --port "70000"`},
+		{[]string{"--pid", "abc"}, `invalid --pid "abc"`},
+		{[]string{"-o", "yaml"}, `unknown output format "yaml"`},
+		{[]string{"-4", "-6"}, "-4 and -6 exclude each other"},
+		{[]string{"--duration", "-1s"}, "invalid --duration"},
+		{[]string{"--duration", "soon"}, `invalid argument "soon" for "--duration"`},
+		{[]string{"extra"}, `unexpected argument "extra"`},
+	} {
+		code, stdout, stderr := runTcptrace(t, nil, exe, tc.args...)
+		lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+		if code != 2 || stdout != "" || len(lines) != 1 || !strings.Contains(stderr, tc.want) {
+			t.Errorf("tcptrace %v: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q",
+				tc.args, code, stdout, stderr, tc.want)
+		}
+	}
+}
+
+func TestNeedsPrivilege(t *testing.T) {
+	needRoot(t)
+	// Copy the binary where an unprivileged user can execute it.
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "tcptrace-nobody-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(exe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copyExe := filepath.Join(dir, "tcptrace")
+	if err := os.WriteFile(copyExe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := runTcptrace(t, &syscall.Credential{Uid: 65534, Gid: 65534}, copyExe)
+	if code != 1 || stdout != "" || strings.Count(stderr, "\n") != 1 ||
+		!strings.Contains(stderr, "needs root or CAP_BPF+CAP_PERFMON") {
+		t.Fatalf("unprivileged: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}

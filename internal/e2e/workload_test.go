@@ -1,0 +1,224 @@
+package e2e
+
+import (
+	"bufio"
+
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// runWorkload is the body of a workload process (TCPTRACE_E2E_ROLE=server or
+// client). It reports progress as lines on stdout and, with -wait, waits for a
+// "go" line on stdin first so a tracer can be started knowing its PID.
+func runWorkload(role string, args []string) error {
+	fs := flag.NewFlagSet(role, flag.ContinueOnError)
+	network := fs.String("net", "tcp4", "tcp4 or tcp6")
+	addr := fs.String("addr", "", "address to listen on or connect to")
+	wait := fs.Bool("wait", false, "wait for a go line on stdin")
+	count := fs.Int("n", 1, "connections (storm)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	in := bufio.NewReader(os.Stdin)
+	if *wait {
+		if line, err := in.ReadString('\n'); err != nil || strings.TrimSpace(line) != "go" {
+			return fmt.Errorf("waiting for go: %q, %v", line, err)
+		}
+	}
+	switch role {
+	case "storm":
+		return runStorm(*network, *addr, *count)
+	case "server":
+		// Listen, accept one connection, wait for the peer to close, close.
+		ln, err := net.Listen(*network, *addr)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("listening %d\n", ln.Addr().(*net.TCPAddr).Port)
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		fmt.Println("accepted")
+		if _, err := io.Copy(io.Discard, c); err != nil {
+			return err
+		}
+		c.Close()
+		ln.Close()
+		fmt.Println("closed")
+	case "client":
+		// Connect and close first, so the server side sees CLOSE_WAIT.
+		c, err := net.Dial(*network, *addr)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("connected %d\n", c.LocalAddr().(*net.TCPAddr).Port)
+		c.Close()
+		fmt.Println("closed")
+	default:
+		return fmt.Errorf("unknown role %q", role)
+	}
+	return nil
+}
+
+// proc is a workload process started by a test.
+type proc struct {
+	t     *testing.T
+	role  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	lines chan string
+	done  chan error
+}
+
+const waitLong = 60 * time.Second // generous: the suite also runs in emulated VMs
+
+func startRole(t *testing.T, ns *netNS, role string, args ...string) *proc {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{t: t, role: role, lines: make(chan string, 16), done: make(chan error, 1)}
+	p.cmd = exec.Command(exe, args...)
+	p.cmd.Env = append(os.Environ(), roleEnv+"="+role)
+	p.cmd.Stderr = os.Stderr
+	if p.stdin, err = p.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ns.start(p.cmd); err != nil {
+		t.Fatalf("start %s: %v", role, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+		p.done <- p.cmd.Wait()
+	}()
+	t.Cleanup(func() { p.cmd.Process.Kill() })
+	return p
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) send(line string) {
+	p.t.Helper()
+	if _, err := io.WriteString(p.stdin, line+"\n"); err != nil {
+		p.t.Fatalf("%s: write stdin: %v", p.role, err)
+	}
+}
+
+// expect waits for the next line and checks its first word; it returns the rest.
+func (p *proc) expect(word string) string {
+	p.t.Helper()
+	select {
+	case line, ok := <-p.lines:
+		if !ok {
+			p.t.Fatalf("%s exited while waiting for %q: %v", p.role, word, <-p.done)
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != word {
+			p.t.Fatalf("%s said %q, want %q", p.role, line, word)
+		}
+		return strings.TrimSpace(strings.TrimPrefix(line, word))
+	case <-time.After(waitLong):
+		p.t.Fatalf("%s: no %q within %v", p.role, word, waitLong)
+	}
+	return ""
+}
+
+func (p *proc) wait() {
+	p.t.Helper()
+	for range p.lines {
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			p.t.Fatalf("%s failed: %v", p.role, err)
+		}
+	case <-time.After(waitLong):
+		p.t.Fatalf("%s did not exit", p.role)
+	}
+}
+
+// pair is a server process and a client process making one connection.
+type pair struct {
+	server, client *proc
+	host           string
+	port           uint16
+	clientPort     uint16
+}
+
+// startPair starts both processes, parked until run, so tracers can be started
+// with their PIDs first.
+func startPair(t *testing.T, ns *netNS, network, host string, port uint16) *pair {
+	t.Helper()
+	hp := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	return &pair{
+		server: startRole(t, ns, "server", "-net", network, "-addr", hp, "-wait"),
+		client: startRole(t, ns, "client", "-net", network, "-addr", hp, "-wait"),
+		host:   host,
+		port:   port,
+	}
+}
+
+// run makes the connection and waits for both processes to finish.
+func (p *pair) run(t *testing.T) {
+	t.Helper()
+	p.server.send("go")
+	if got := p.server.expect("listening"); got != strconv.Itoa(int(p.port)) {
+		t.Fatalf("server listens on %s, want %d", got, p.port)
+	}
+	p.client.send("go")
+	n, err := strconv.ParseUint(p.client.expect("connected"), 10, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.clientPort = uint16(n)
+	p.client.expect("closed")
+	p.server.expect("accepted")
+	p.server.expect("closed")
+	p.client.wait()
+	p.server.wait()
+}
+
+// runStorm makes n connections to itself one after another, each closed by
+// the client first: 10 state changes per connection plus 2 for the listener.
+func runStorm(network, addr string, n int) error {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	for i := 0; i < n; i++ {
+		c, err := net.Dial(network, ln.Addr().String())
+		if err != nil {
+			return err
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		c.Close()
+		if _, err := io.Copy(io.Discard, s); err != nil {
+			return err
+		}
+		s.Close()
+	}
+	ln.Close()
+	fmt.Println("done")
+	return nil
+}
