@@ -47,6 +47,7 @@ enum {
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define IPPROTO_MPTCP 262
 
 struct in6_addr {
 	union {
@@ -97,6 +98,12 @@ struct inet_sock {
 	__be16 inet_sport;
 } __attribute__((preserve_access_index));
 
+/* An MPTCP socket (Go 1.24+ listens with MPTCP by default): the descriptor
+ * points at it, TCP state changes happen on its subflows. */
+struct mptcp_sock {
+	struct sock *first;
+} __attribute__((preserve_access_index));
+
 struct trace_entry {
 	unsigned short type;
 } __attribute__((preserve_access_index));
@@ -110,6 +117,77 @@ struct trace_event_raw_inet_sock_set_state {
 	__u16 protocol;
 } __attribute__((preserve_access_index));
 
+typedef unsigned short umode_t;
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define PF_KTHREAD 0x00200000
+
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct css_set {
+	struct cgroup *dfl_cgrp;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	unsigned int val;
+} kuid_t;
+
+struct cred {
+	kuid_t uid;
+} __attribute__((preserve_access_index));
+
+struct inode {
+	umode_t i_mode;
+} __attribute__((preserve_access_index));
+
+struct file {
+	struct inode *f_inode;
+	void *private_data;
+} __attribute__((preserve_access_index));
+
+struct fdtable {
+	unsigned int max_fds;
+	struct file **fd;
+} __attribute__((preserve_access_index));
+
+struct files_struct {
+	struct fdtable *fdt;
+} __attribute__((preserve_access_index));
+
+struct socket {
+	struct sock *sk;
+} __attribute__((preserve_access_index));
+
+struct task_struct {
+	unsigned int flags;
+	int pid;
+	int tgid;
+	__u64 start_time;
+	const struct cred *cred;
+	char comm[16];
+	struct files_struct *files;
+	struct css_set *cgroups;
+} __attribute__((preserve_access_index));
+
+struct seq_file;
+
+struct bpf_iter_meta {
+	struct seq_file *seq;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__task_file {
+	struct bpf_iter_meta *meta;
+	struct task_struct *task;
+	__u32 fd;
+	struct file *file;
+} __attribute__((preserve_access_index));
+
 /* Registers at syscall exit: only the syscall number is read. */
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
@@ -117,12 +195,16 @@ struct pt_regs {
 } __attribute__((preserve_access_index));
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
 #define NR_connect 42
+#define NR_accept 43
+#define NR_accept4 288
 #elif defined(__TARGET_ARCH_arm64)
 struct pt_regs {
 	int syscallno;
 } __attribute__((preserve_access_index));
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
 #define NR_connect 203
+#define NR_accept 202
+#define NR_accept4 242
 #else
 #error "tcptrace: unsupported target architecture"
 #endif

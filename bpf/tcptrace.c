@@ -1,10 +1,18 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * tcptrace kernel side: every TCP state change goes into one ring buffer.
+ * tcptrace kernel side: every TCP state change goes into one ring buffer,
+ * named after the process that owns the socket.
  *
- * Three programs watch sock:inet_sock_set_state (tp_btf, raw_tp, classic
- * tracepoint); the loader keeps the best one the kernel accepts and prunes
- * the others. They share handle_state().
+ * Each feature has several programs (tp_btf, raw_tp, classic tracepoint); the
+ * loader keeps the best one the kernel accepts and prunes the others.
+ *
+ * Ownership is recorded where the kernel proves it: connect() and listen()
+ * run in the owner; so does the application's own close() (ESTABLISHED ->
+ * FIN_WAIT1, CLOSE_WAIT -> LAST_ACK); accept() is seen at its syscall exit; a
+ * new connection belongs to its listener's owner until accepted. Everything
+ * else (changes in softirq, or on loopback in the peer's system call) reads
+ * the recorded owner. Forks and exits are tracked so an owner that may have
+ * handed the socket on, or gone, is flagged for user space to resolve.
  */
 #include "kernel.h"
 #include <bpf/bpf_helpers.h>
@@ -18,10 +26,18 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 enum {
 	TCP_ESTABLISHED = 1,
 	TCP_SYN_SENT = 2,
+	TCP_SYN_RECV = 3,
+	TCP_FIN_WAIT1 = 4,
 	TCP_CLOSE = 7,
+	TCP_CLOSE_WAIT = 8,
+	TCP_LAST_ACK = 9,
+	TCP_LISTEN = 10,
 };
 
 volatile const struct config cfg = {};
+
+/* Puts struct holder in BTF, so bpf2go generates its Go type. */
+const struct holder *unused_holder __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -36,13 +52,43 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* When each socket entered its current state. LRU bounds it if a CLOSE is missed. */
+/* Per socket: when it entered its state, and its owner. Entries go at the
+ * final CLOSE; the LRU bounds whatever is missed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 131072);
 	__type(key, __u64);
+	__type(value, struct sock_info);
+} socks SEC(".maps");
+
+struct listen_key {
+	__u32 netns;
+	__u16 port;
+	__u16 pad;
+};
+
+/* Owner of each listening port, inherited by its new connections. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct listen_key);
+	__type(value, struct owner);
+} listeners SEC(".maps");
+
+/* When each process last forked a new process, and when it exited. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
 	__type(value, __u64);
-} state_since SEC(".maps");
+} forks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 32768);
+	__type(key, __u32);
+	__type(value, __u64);
+} exits SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -103,9 +149,23 @@ static __always_inline bool port_wanted(const struct event *e)
 	       bpf_map_lookup_elem(&filter_ports, &e->rport);
 }
 
+/* An owner the kernel side cannot vouch for is left to user space to filter. */
+static __always_inline bool pid_wanted(const struct event *e)
+{
+	if (!cfg.filter_pids || (e->flags & (EVENT_OWNER_UNKNOWN | EVENT_OWNER_UNVERIFIED)))
+		return true;
+	return bpf_map_lookup_elem(&filter_pids, &e->owner.pid);
+}
+
 static __always_inline __u16 local_port(const struct sock *sk)
 {
+	/* inet_sport outlives skc_num, which inet_put_port() clears before CLOSE. */
 	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
+static __always_inline bool is_tcp(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
 }
 
 /* Emit a held SYN_SENT event, now that sk has its local port. */
@@ -120,6 +180,36 @@ static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr)
 	bpf_map_delete_elem(&pending_connects, &skaddr);
 }
 
+static __always_inline void owner_is_current(struct owner *o, __u64 now)
+{
+	o->since = now;
+	o->pid = bpf_get_current_pid_tgid() >> 32;
+	o->uid = (__u32)bpf_get_current_uid_gid();
+	o->cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(&o->comm, sizeof(o->comm));
+}
+
+static __always_inline bool current_is_user_task(void)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	return !(BPF_CORE_READ(task, flags) & PF_KTHREAD);
+}
+
+/* Flags for what the kernel side knows of the owner's fate since it was recorded. */
+static __always_inline __u32 owner_flags(const struct owner *o)
+{
+	if (!o->pid)
+		return EVENT_OWNER_UNKNOWN;
+	__u32 pid = o->pid, flags = 0;
+	__u64 *t = bpf_map_lookup_elem(&exits, &pid);
+	if (t && *t > o->since)
+		flags |= EVENT_OWNER_EXITED;
+	t = bpf_map_lookup_elem(&forks, &pid);
+	if (t && *t > o->since)
+		flags |= EVENT_OWNER_UNVERIFIED;
+	return flags;
+}
+
 static __always_inline bool is_v4_mapped(const __u8 *a)
 {
 	__u64 lo = *(const __u64 *)a;
@@ -129,7 +219,7 @@ static __always_inline bool is_v4_mapped(const __u8 *a)
 
 static __always_inline int handle_state(const struct sock *sk, int oldstate, int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!is_tcp(sk))
 		return 0;
 
 	struct event e = {};
@@ -157,17 +247,46 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 
 	__u64 skaddr = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
+	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	e.lport = local_port(sk);
 
-	/* The time in the old state is kept for every socket, filtered or not. */
-	__u64 *since = bpf_map_lookup_elem(&state_since, &skaddr);
-	if (since) {
-		e.in_state_ns = now - *since;
+	/* Socket bookkeeping runs for every socket, filtered or not. */
+	struct sock_info fresh = {};
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+	if (!si)
+		si = &fresh;
+	if (si->state_ts) {
+		e.in_state_ns = now - si->state_ts;
 		e.flags |= EVENT_IN_STATE_KNOWN;
 	}
+	si->state_ts = now;
+
+	struct listen_key lk = { .netns = e.netns, .port = e.lport };
+	if (oldstate == TCP_CLOSE && (newstate == TCP_SYN_SENT || newstate == TCP_LISTEN)) {
+		owner_is_current(&si->owner, now);
+	} else if ((oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1) ||
+		   (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK)) {
+		/* Only the application's close() or shutdown() makes these. */
+		if (current_is_user_task())
+			owner_is_current(&si->owner, now);
+	} else if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV) {
+		struct owner *lo = bpf_map_lookup_elem(&listeners, &lk);
+		if (lo) {
+			si->owner = *lo;
+			si->owner.since = now;
+		}
+	}
+	if (newstate == TCP_LISTEN)
+		bpf_map_update_elem(&listeners, &lk, &si->owner, BPF_ANY);
+	else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&listeners, &lk);
+
+	e.owner = si->owner;
+	e.flags |= owner_flags(&si->owner);
 	if (newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&state_since, &skaddr);
-	else
-		bpf_map_update_elem(&state_since, &skaddr, &now, BPF_ANY);
+		bpf_map_delete_elem(&socks, &skaddr);
+	else if (si == &fresh)
+		bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_ANY);
 
 	/* Keep the stream in order: a held SYN_SENT goes out before what follows it. */
 	if (oldstate == TCP_SYN_SENT)
@@ -175,11 +294,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 
 	if (cfg.state_mask && !(cfg.state_mask & (1u << (newstate & 31))))
 		return 0;
-
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	e.pid = pid_tgid >> 32;
-	e.tid = (__u32)pid_tgid;
-	if (cfg.filter_pids && !bpf_map_lookup_elem(&filter_pids, &e.pid))
+	if (!pid_wanted(&e))
 		return 0;
 
 	e.type = RECORD_STATE;
@@ -187,15 +302,12 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	e.skaddr = skaddr;
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	e.uid = (__u32)bpf_get_current_uid_gid();
-	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	e.lport = local_port(sk);
 	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	bpf_get_current_comm(&e.comm, sizeof(e.comm));
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && e.lport == 0) {
 		e.flags |= EVENT_PORT_LATE;
 		if (!bpf_map_update_elem(&pending_connects, &skaddr, &e, BPF_ANY)) {
+			__u64 pid_tgid = bpf_get_current_pid_tgid();
 			bpf_map_update_elem(&connecting, &pid_tgid, &skaddr, BPF_ANY);
 			return 0;
 		}
@@ -225,11 +337,62 @@ int state_tp(struct trace_event_raw_inet_sock_set_state *args)
 	return handle_state((const struct sock *)args->skaddr, args->oldstate, args->newstate);
 }
 
-/* connect() has picked the local port by the time it returns. */
-static __always_inline int handle_sys_exit(struct pt_regs *regs)
+/* The TCP socket behind a socket file: for MPTCP (Go 1.24+ listens with MPTCP
+ * by default) its first subflow, the TCP socket whose states we see. */
+static __always_inline const struct sock *tcp_sock_of_file(struct file *f)
 {
-	if (SYSCALL_NR(regs) != NR_connect)
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	const struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
+	if (!sk)
+		return NULL;
+	if (bpf_core_type_exists(struct mptcp_sock) && BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP)
+		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
+	return sk && is_tcp(sk) ? sk : NULL;
+}
+
+/* The TCP socket behind file descriptor fd of the current process. */
+static __always_inline const struct sock *sock_of_fd(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = NULL;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	return tcp_sock_of_file(f);
+}
+
+/* accept() returned a socket: whoever accepted it owns it now. */
+static __always_inline void accepted(long fd)
+{
+	const struct sock *sk = sock_of_fd(fd);
+	if (!sk)
+		return;
+	__u64 skaddr = (__u64)sk;
+	__u64 now = bpf_ktime_get_ns();
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+	if (si) {
+		owner_is_current(&si->owner, now);
+		return;
+	}
+	struct sock_info fresh = {};
+	owner_is_current(&fresh.owner, now);
+	bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_ANY);
+}
+
+static __always_inline int handle_sys_exit(struct pt_regs *regs, long ret)
+{
+	long nr = SYSCALL_NR(regs);
+	if (nr == NR_accept || nr == NR_accept4) {
+		if (ret >= 0)
+			accepted(ret);
 		return 0;
+	}
+	if (nr != NR_connect)
+		return 0;
+	/* connect() has picked the local port by the time it returns. */
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u64 *skaddr = bpf_map_lookup_elem(&connecting, &pid_tgid);
 	if (!skaddr)
@@ -241,13 +404,88 @@ static __always_inline int handle_sys_exit(struct pt_regs *regs)
 }
 
 SEC("tp_btf/sys_exit")
-int BPF_PROG(connect_btf, struct pt_regs *regs, long ret)
+int BPF_PROG(sys_exit_btf, struct pt_regs *regs, long ret)
 {
-	return handle_sys_exit(regs);
+	return handle_sys_exit(regs, ret);
 }
 
 SEC("raw_tp/sys_exit")
-int BPF_PROG(connect_raw, struct pt_regs *regs, long ret)
+int BPF_PROG(sys_exit_raw, struct pt_regs *regs, long ret)
 {
-	return handle_sys_exit(regs);
+	return handle_sys_exit(regs, ret);
+}
+
+/* A new process (not a thread) shares its parent's open sockets. */
+static __always_inline int handle_fork(struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	if (ptgid == (__u32)BPF_CORE_READ(child, tgid))
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&forks, &ptgid, &now, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(fork_btf, struct task_struct *parent, struct task_struct *child)
+{
+	return handle_fork(parent, child);
+}
+
+SEC("raw_tp/sched_process_fork")
+int BPF_PROG(fork_raw, struct task_struct *parent, struct task_struct *child)
+{
+	return handle_fork(parent, child);
+}
+
+static __always_inline int handle_exit(struct task_struct *p)
+{
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+	if ((__u32)BPF_CORE_READ(p, pid) != tgid)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&exits, &tgid, &now, BPF_ANY);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(exit_btf, struct task_struct *p)
+{
+	return handle_exit(p);
+}
+
+SEC("raw_tp/sched_process_exit")
+int BPF_PROG(exit_raw, struct task_struct *p)
+{
+	return handle_exit(p);
+}
+
+/* Every TCP socket file descriptor of every process: the snapshot of owners. */
+SEC("iter/task_file")
+int scan_socks(struct bpf_iter__task_file *ctx)
+{
+	struct seq_file *seq = ctx->meta->seq;
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	if (!task || !file)
+		return 0;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	const struct sock *sk = tcp_sock_of_file(file);
+	if (!sk)
+		return 0;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+
+	struct holder h = {};
+	h.sk = (__u64)sk;
+	h.start_time = BPF_CORE_READ(task, start_time);
+	h.owner.since = bpf_ktime_get_ns();
+	h.owner.pid = BPF_CORE_READ(task, tgid);
+	h.owner.uid = BPF_CORE_READ(task, cred, uid.val);
+	h.owner.cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	BPF_CORE_READ_INTO(&h.owner.comm, task, comm);
+	bpf_seq_write(seq, &h, sizeof(h));
+	return 0;
 }

@@ -11,6 +11,34 @@ enum event_flag {
 	EVENT_IN_STATE_KNOWN = 1 << 0,
 	/* The local port was not assigned yet when the state changed. */
 	EVENT_PORT_LATE = 1 << 1,
+	/* No owner is recorded for this socket (it predates tcptrace, say). */
+	EVENT_OWNER_UNKNOWN = 1 << 2,
+	/* The owner forked since it was recorded: the socket may have moved. */
+	EVENT_OWNER_UNVERIFIED = 1 << 3,
+	/* The owner has exited since it was recorded; the socket lingers. */
+	EVENT_OWNER_EXITED = 1 << 4,
+};
+
+/* The process that owns a socket. */
+struct owner {
+	__u64 since;  /* when recorded or last verified (CLOCK_MONOTONIC) */
+	__u64 cgroup; /* cgroup v2 id (the cgroup directory's inode number) */
+	__u32 pid;    /* tgid; 0 when unknown */
+	__u32 uid;
+	__u8 comm[16];
+};
+
+/* What the kernel side keeps per socket, keyed by its address. */
+struct sock_info {
+	__u64 state_ts; /* when it entered its current state; 0 when unknown */
+	struct owner owner;
+};
+
+/* One socket file descriptor found by the scan iterator. */
+struct holder {
+	__u64 sk;
+	__u64 start_time; /* the holder's start: the most recent holder is primary */
+	struct owner owner;
 };
 
 /* One state change of a TCP socket. Field order keeps it free of holes. */
@@ -21,17 +49,15 @@ struct event {
 	enum record_type type;
 	enum event_flag flags; /* a bit set of event_flag */
 	__u32 netns;       /* network namespace inode number */
-	__u32 pid;         /* tgid of the task on the CPU */
-	__u32 tid;
-	__u32 uid;
 	__u16 family;      /* AF_INET or AF_INET6; v4-mapped IPv6 comes as AF_INET */
 	__u16 lport;       /* host byte order */
 	__u16 rport;       /* host byte order */
 	__u8 oldstate;
 	__u8 newstate;
+	__u8 pad[4];
 	__u8 saddr[16];    /* network byte order; IPv4 in the first 4 bytes */
 	__u8 daddr[16];
-	__u8 comm[16];
+	struct owner owner;
 };
 
 /* Set by the loader before load (volatile const: the verifier prunes dead filters). */

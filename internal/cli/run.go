@@ -7,13 +7,16 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf/rlimit"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcptrace/tcptrace/internal/cgroup"
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/output"
+	"github.com/tcptrace/tcptrace/internal/owner"
 	"github.com/tcptrace/tcptrace/internal/tracer"
 )
 
@@ -76,6 +79,14 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stderr, "tcptrace: hook: %s\n", h)
 		}
 	}
+	owners := owner.NewResolver(tr, cgroup.NewNames())
+	start := time.Now()
+	if err := owners.Snapshot(tracer.Mono()); err != nil && !errors.Is(err, tracer.ErrNoScan) {
+		return fmt.Errorf("snapshot socket owners: %w", err)
+	}
+	if cfg.Verbose {
+		fmt.Fprintf(stderr, "tcptrace: owner snapshot: %d sockets in %v\n", owners.Tracked(), time.Since(start).Round(time.Millisecond))
+	}
 	fmt.Fprintf(stderr, "tcptrace: tracing TCP state changes via %s; Ctrl-C to stop\n", tr.ActiveHook("state changes"))
 
 	if cfg.Duration > 0 {
@@ -83,29 +94,65 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		ctx, cancel = context.WithTimeout(ctx, cfg.Duration)
 		defer cancel()
 	}
-	p := &pipeline{out: output.New(stdout, cfg.Output, isTerminal(stdout), nil), comm: cfg.Comm}
+	p := &pipeline{
+		out:    output.New(stdout, cfg.Output, isTerminal(stdout), nil),
+		owners: owners,
+		comm:   cfg.Comm,
+		pids:   cfg.PIDs,
+	}
 	st, err := tr.Run(ctx, drainEvery, p)
 	if cerr := tr.Close(); err == nil {
 		err = cerr
 	}
 	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events-p.dropped, st.Lost)
+	if cfg.Verbose {
+		fmt.Fprintf(stderr, "tcptrace: owner cache: %d sockets after %d scans (%d failed)\n",
+			owners.Tracked(), owners.Scans, owners.ScanErrs)
+	}
 	return err
 }
 
-// pipeline carries each record from decode to output. Filters the kernel
-// cannot apply run here; owner enrichment goes between decode and output.
+// pipeline carries each record from decode to output: owner enrichment,
+// then the filters the kernel could not apply, then formatting.
 type pipeline struct {
 	out     *output.Writer
+	owners  *owner.Resolver
 	comm    string
+	pids    []uint32
 	dropped uint64 // filtered out here
 }
 
 func (p *pipeline) Record(e *event.Event) error {
-	if e.Kind == event.KindState && p.comm != "" && string(e.CommBytes()) != p.comm {
-		p.dropped++
-		return nil
+	if e.Kind == event.KindState {
+		if p.owners != nil {
+			p.owners.Enrich(e, tracer.Mono)
+		}
+		if !p.wanted(e) {
+			p.dropped++
+			return nil
+		}
 	}
 	return p.out.Write(e)
+}
+
+// wanted applies --comm, and --pid to owners the kernel could not vouch for
+// (for the others the kernel has already applied it).
+func (p *pipeline) wanted(e *event.Event) bool {
+	if p.comm != "" && string(e.CommBytes()) != p.comm {
+		return false
+	}
+	if len(p.pids) == 0 {
+		return true
+	}
+	if slices.Contains(p.pids, e.PID) {
+		return true
+	}
+	for _, pid := range e.PIDs {
+		if slices.Contains(p.pids, pid) {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *pipeline) Idle() error { return p.out.Flush() }

@@ -19,7 +19,8 @@ import (
 func ourPrograms(t *testing.T, after ebpf.ProgramID) map[ebpf.ProgramID]string {
 	t.Helper()
 	names := map[string]bool{"state_btf": true, "state_raw": true, "state_tp": true,
-		"connect_btf": true, "connect_raw": true}
+		"sys_exit_btf": true, "sys_exit_raw": true, "fork_btf": true, "fork_raw": true,
+		"exit_btf": true, "exit_raw": true, "scan_socks": true}
 	out := map[ebpf.ProgramID]string{}
 	for id := after; ; {
 		next, err := ebpf.ProgramGetNextID(id)
@@ -81,8 +82,9 @@ func TestCleanExit(t *testing.T) {
 			base := lastProgramID(t)
 			tr := startTracer(t)
 			progs := ourPrograms(t, base)
-			if len(progs) < 2 {
-				t.Fatalf("while tracing, found programs %v, want the state and connect programs", progs)
+			// One program per feature: state changes, syscall exits, forks, exits, the scan.
+			if len(progs) != 5 {
+				t.Fatalf("while tracing, found programs %v, want one for each of the 5 features", progs)
 			}
 			if n := linksTo(t, progs); n != len(progs) {
 				t.Fatalf("while tracing, %d links for %d programs", n, len(progs))

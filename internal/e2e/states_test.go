@@ -47,11 +47,12 @@ func checkPair(t *testing.T, recs []record, p *pair, family string) {
 		want         []change
 		lport, rport uint16
 		raddr        string
+		pid          int // the owner: the process that listened, connected or accepted
 	}
 	roles := []role{
-		{"listener", listenerChanges, p.port, 0, any},
-		{"client", clientChanges, p.clientPort, p.port, p.host},
-		{"server", serverChanges, p.port, p.clientPort, p.host},
+		{"listener", listenerChanges, p.port, 0, any, p.server.pid()},
+		{"client", clientChanges, p.clientPort, p.port, p.host, p.client.pid()},
+		{"server", serverChanges, p.port, p.clientPort, p.host, p.server.pid()},
 	}
 	seen := map[string]bool{}
 	for _, sock := range order {
@@ -74,6 +75,13 @@ func checkPair(t *testing.T, recs []record, p *pair, family string) {
 				t.Errorf("%s %s->%s: local %s:%d remote %s:%d %s, want %s:%d %s:%d %s",
 					rl.name, r.OldState, r.NewState, r.LAddr, r.LPort, r.RAddr, r.RPort, r.Family,
 					p.host, rl.lport, rl.raddr, rl.rport, family)
+			}
+			// The client exits right after close(): its socket's last changes
+			// may come after that, and then rightly name an exited owner.
+			mayHaveExited := rl.name == "client" && (r.NewState == "FIN_WAIT2" || r.NewState == "CLOSE")
+			if r.PID != rl.pid || len(r.PIDs) != 1 || r.PIDs[0] != rl.pid || r.UID == nil || *r.UID != 0 ||
+				(r.Exited && !mayHaveExited) {
+				t.Errorf("%s %s->%s: owner %s, want pid %d", rl.name, r.OldState, r.NewState, r, rl.pid)
 			}
 			if _, err := time.Parse(time.RFC3339Nano, r.Time); err != nil {
 				t.Errorf("time %q is not RFC 3339: %v", r.Time, err)

@@ -19,8 +19,7 @@ type record struct {
 	Time      string   `json:"time"`
 	PID       int      `json:"pid"`
 	Comm      string   `json:"comm"`
-	TID       int      `json:"tid"`
-	UID       int      `json:"uid"`
+	UID       *int     `json:"uid"`
 	Family    string   `json:"family"`
 	LAddr     string   `json:"laddr"`
 	LPort     uint16   `json:"lport"`
@@ -29,6 +28,9 @@ type record struct {
 	OldState  string   `json:"old_state"`
 	NewState  string   `json:"new_state"`
 	InStateMS *float64 `json:"in_state_ms"`
+	PIDs      []int    `json:"pids"`
+	Cgroup    *string  `json:"cgroup"`
+	Exited    bool     `json:"owner_exited"`
 	NetNS     uint32   `json:"netns"`
 	Sock      string   `json:"sock"`
 	Count     uint64   `json:"count"`
@@ -59,6 +61,12 @@ func startTracer(t *testing.T, args ...string) *tracerProc {
 }
 
 func newTracer(t *testing.T, args ...string) *tracerProc {
+	t.Helper()
+	return newTracerOpts(t, false, args...)
+}
+
+// newTracerOpts starts tcptrace; with discard its stdout is read but not kept.
+func newTracerOpts(t *testing.T, discard bool, args ...string) *tracerProc {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -103,6 +111,10 @@ func newTracer(t *testing.T, args ...string) *tracerProc {
 	go func() {
 		defer readers.Done()
 		<-p.gate
+		if discard {
+			io.Copy(io.Discard, stdout)
+			return
+		}
 		sc := bufio.NewScanner(stdout)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {

@@ -9,8 +9,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -24,6 +26,10 @@ func runWorkload(role string, args []string) error {
 	addr := fs.String("addr", "", "address to listen on or connect to")
 	wait := fs.Bool("wait", false, "wait for a go line on stdin")
 	count := fs.Int("n", 1, "connections (storm)")
+	hold := fs.Bool("hold", false, "wait for a close line on stdin before closing the connection")
+	forkChild := fs.Bool("fork", false, "server: fork after accept; the child keeps the socket, the parent closes its copy")
+	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
+	serverFirst := fs.Bool("server-first", false, "storm: the server closes first")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -35,7 +41,7 @@ func runWorkload(role string, args []string) error {
 	}
 	switch role {
 	case "storm":
-		return runStorm(*network, *addr, *count)
+		return runStorm(*network, *addr, *count, *serverFirst)
 	case "server":
 		// Listen, accept one connection, wait for the peer to close, close.
 		ln, err := net.Listen(*network, *addr)
@@ -48,8 +54,38 @@ func runWorkload(role string, args []string) error {
 			return err
 		}
 		fmt.Println("accepted")
+		switch {
+		case *forkChild:
+			pid, err := forkHolding()
+			if err != nil {
+				return err
+			}
+			c.Close() // the child's copy keeps the socket open
+			ln.Close()
+			fmt.Printf("forked %d\n", pid)
+			return nil
+		case *execProg != "":
+			f, err := c.(*net.TCPConn).File()
+			if err != nil {
+				return err
+			}
+			cmd := exec.Command(*execProg, "3600")
+			cmd.Stdin, cmd.Stdout = f, f
+			if err := cmd.Start(); err != nil {
+				return err
+			}
+			f.Close()
+			c.Close()
+			ln.Close()
+			fmt.Printf("forked %d\n", cmd.Process.Pid)
+			return nil
+		}
 		if _, err := io.Copy(io.Discard, c); err != nil {
 			return err
+		}
+		if *hold {
+			fmt.Println("eof")
+			waitLine(in, "close")
 		}
 		c.Close()
 		ln.Close()
@@ -61,12 +97,45 @@ func runWorkload(role string, args []string) error {
 			return err
 		}
 		fmt.Printf("connected %d\n", c.LocalAddr().(*net.TCPAddr).Port)
+		if *hold {
+			waitLine(in, "close")
+		}
 		c.Close()
 		fmt.Println("closed")
 	default:
 		return fmt.Errorf("unknown role %q", role)
 	}
 	return nil
+}
+
+func waitLine(in *bufio.Reader, want string) {
+	line, err := in.ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != want {
+		fmt.Fprintf(os.Stderr, "waiting for %q: got %q, %v\n", want, line, err)
+		os.Exit(1)
+	}
+}
+
+// forkHolding forks without exec. The child inherits every descriptor and
+// only ever makes raw system calls (the Go runtime cannot run in a forked
+// child), pausing until it is killed.
+func forkHolding() (int, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	pid, _, errno := syscall.RawSyscall6(syscall.SYS_CLONE, uintptr(syscall.SIGCHLD), 0, 0, 0, 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	if pid == 0 {
+		// Let go of the test's pipes so it sees the parent's output end.
+		for fd := uintptr(0); fd < 3; fd++ {
+			syscall.RawSyscall(syscall.SYS_CLOSE, fd, 0, 0)
+		}
+		for {
+			syscall.RawSyscall(syscall.SYS_PAUSE, 0, 0, 0)
+		}
+	}
+	return int(pid), nil
 }
 
 // proc is a workload process started by a test.
@@ -198,7 +267,7 @@ func (p *pair) run(t *testing.T) {
 
 // runStorm makes n connections to itself one after another, each closed by
 // the client first: 10 state changes per connection plus 2 for the listener.
-func runStorm(network, addr string, n int) error {
+func runStorm(network, addr string, n int, serverFirst bool) error {
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return err
@@ -212,11 +281,15 @@ func runStorm(network, addr string, n int) error {
 		if err != nil {
 			return err
 		}
-		c.Close()
-		if _, err := io.Copy(io.Discard, s); err != nil {
+		first, second := c, s
+		if serverFirst {
+			first, second = s, c
+		}
+		first.Close()
+		if _, err := io.Copy(io.Discard, second); err != nil {
 			return err
 		}
-		s.Close()
+		second.Close()
 	}
 	ln.Close()
 	fmt.Println("done")

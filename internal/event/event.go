@@ -41,14 +41,28 @@ type Event struct {
 	Kind Kind
 	// Time is the wall-clock time of the event, in nanoseconds since the epoch.
 	Time int64
+	// Mono is the kernel's CLOCK_MONOTONIC timestamp of the event.
+	Mono uint64
 
 	// Sock identifies the kernel socket for the socket's lifetime.
 	Sock  uint64
 	NetNS uint32
 
-	// PID, TID, UID and Comm name the process behind the event.
-	PID, TID, UID uint32
-	Comm          [16]byte
+	// The socket's owner: the process holding it (the most recent holder when
+	// several do). PID is 0 when no owner is known.
+	PID, UID uint32
+	Comm     [16]byte
+	Cgroup   uint64 // cgroup v2 id
+	// CgroupPath is the owner's cgroup v2 path, "" when unknown.
+	CgroupPath string
+	// PIDs lists every process holding the socket, primary first; nil means
+	// just PID. It points into the resolver's cache: do not modify it.
+	PIDs []uint32
+	// OwnerExited: the owner has exited while the socket lingers (an orphan).
+	OwnerExited bool
+	// OwnerUnverified: the owner forked since it was recorded, so the socket
+	// may have moved; the owner resolver clears it.
+	OwnerUnverified bool
 
 	Family       Family
 	LAddr, RAddr netip.Addr
@@ -62,6 +76,9 @@ type Event struct {
 	// Lost is the number of records lost since the previous lost record (KindLost).
 	Lost uint64
 }
+
+// OwnerKnown reports whether the event names the socket's owner.
+func (e *Event) OwnerKnown() bool { return e.PID != 0 }
 
 // CommBytes returns the command name without its NUL padding.
 func (e *Event) CommBytes() []byte {

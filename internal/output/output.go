@@ -104,10 +104,17 @@ func AppendText(b []byte, e *event.Event, loc *time.Location) []byte {
 		return b
 	}
 	start := len(b)
-	b = strconv.AppendUint(b, uint64(e.PID), 10)
-	b = padTo(b, start, 8)
-	start = len(b)
-	b = appendPrintable(b, e.CommBytes())
+	if e.OwnerKnown() {
+		b = strconv.AppendUint(b, uint64(e.PID), 10)
+		b = padTo(b, start, 8)
+		start = len(b)
+		b = appendPrintable(b, e.CommBytes())
+	} else {
+		b = append(b, '-')
+		b = padTo(b, start, 8)
+		start = len(b)
+		b = append(b, '?')
+	}
 	b = padTo(b, start, 16)
 	start = len(b)
 	b = appendAddrPort(b, e.LAddr.AppendTo, e.Family, e.LPort)
@@ -181,10 +188,7 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 	b = strconv.AppendUint(b, uint64(e.PID), 10)
 	b = append(b, `,"comm":`...)
 	b = AppendJSONString(b, e.CommBytes())
-	b = append(b, `,"tid":`...)
-	b = strconv.AppendUint(b, uint64(e.TID), 10)
-	b = append(b, `,"uid":`...)
-	b = strconv.AppendUint(b, uint64(e.UID), 10)
+	b = appendOwner(b, e)
 	b = append(b, `,"family":"`...)
 	b = append(b, e.Family.String()...)
 	b = append(b, `","laddr":"`...)
@@ -210,6 +214,37 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 	b = append(b, `,"sock":"`...)
 	b = strconv.AppendUint(b, e.Sock, 16)
 	return append(b, "\"}\n"...)
+}
+
+// appendOwner appends the owner keys after pid and comm: every holder, the
+// uid and cgroup (null when no owner is known), and whether it has exited.
+func appendOwner(b []byte, e *event.Event) []byte {
+	b = append(b, `,"pids":[`...)
+	switch {
+	case !e.OwnerKnown():
+	case e.PIDs == nil:
+		b = strconv.AppendUint(b, uint64(e.PID), 10)
+	default:
+		for i, p := range e.PIDs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendUint(b, uint64(p), 10)
+		}
+	}
+	if !e.OwnerKnown() {
+		return append(b, `],"uid":null,"cgroup":null,"owner_exited":false`...)
+	}
+	b = append(b, `],"uid":`...)
+	b = strconv.AppendUint(b, uint64(e.UID), 10)
+	b = append(b, `,"cgroup":`...)
+	if e.CgroupPath == "" {
+		b = append(b, "null"...)
+	} else {
+		b = AppendJSONString(b, []byte(e.CgroupPath))
+	}
+	b = append(b, `,"owner_exited":`...)
+	return strconv.AppendBool(b, e.OwnerExited)
 }
 
 const hex = "0123456789abcdef"

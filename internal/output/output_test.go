@@ -3,6 +3,7 @@ package output
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -19,8 +20,8 @@ func sample() *event.Event {
 		Sock:         0xffff8881066f9280,
 		NetNS:        4026531840,
 		PID:          2329,
-		TID:          2330,
 		UID:          1000,
+		CgroupPath:   "/system.slice/app.service",
 		Family:       event.IPv4,
 		LAddr:        netip.MustParseAddr("127.0.0.1"),
 		RAddr:        netip.MustParseAddr("10.0.0.9"),
@@ -48,15 +49,42 @@ func TestJSONKeysAndValues(t *testing.T) {
 		"type": "state", "time": "2026-11-21T04:33:18.123456789Z", "pid": 2329.0, "comm": "node",
 		"family": "ipv4", "laddr": "127.0.0.1", "lport": 40407.0, "raddr": "10.0.0.9", "rport": 36120.0,
 		"old_state": "ESTABLISHED", "new_state": "CLOSE_WAIT", "in_state_ms": 1.235,
-		"tid": 2330.0, "uid": 1000.0, "netns": 4026531840.0, "sock": "ffff8881066f9280",
+		"uid": 1000.0, "netns": 4026531840.0, "sock": "ffff8881066f9280",
+		"pids": []any{2329.0}, "cgroup": "/system.slice/app.service", "owner_exited": false,
 	}
 	for k, v := range want {
-		if m[k] != v {
+		if fmt.Sprint(m[k]) != fmt.Sprint(v) {
 			t.Errorf("%s = %#v, want %#v", k, m[k], v)
 		}
 	}
 	if len(m) != len(want) {
 		t.Errorf("keys = %d, want %d: %s", len(m), len(want), line)
+	}
+}
+
+func TestJSONOwnerVariants(t *testing.T) {
+	e := sample()
+	e.PIDs = []uint32{2329, 17}
+	e.OwnerExited = true
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(m["pids"]) != "[2329 17]" || m["owner_exited"] != true {
+		t.Fatalf("shared, exited: %v", m)
+	}
+	e = sample()
+	e.PID, e.CgroupPath = 0, ""
+	e.SetComm("")
+	m = nil
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["pid"] != 0.0 || fmt.Sprint(m["pids"]) != "[]" || m["uid"] != nil || m["cgroup"] != nil {
+		t.Fatalf("unknown owner: %v", m)
+	}
+	if line := string(AppendText(nil, e, time.UTC)); !strings.Contains(line, " -       ?    ") {
+		t.Fatalf("unknown owner in text: %q", line)
 	}
 }
 

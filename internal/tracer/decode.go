@@ -34,16 +34,21 @@ func decode(raw []byte, wallOffset int64, ev *event.Event) error {
 	*ev = event.Event{
 		Kind:     event.KindState,
 		Time:     int64(r.TsNs) + wallOffset,
+		Mono:     r.TsNs,
 		Sock:     r.Skaddr,
 		NetNS:    r.Netns,
-		PID:      r.Pid,
-		TID:      r.Tid,
-		UID:      r.Uid,
-		Comm:     r.Comm,
 		LPort:    r.Lport,
 		RPort:    r.Rport,
 		OldState: tcpstate.State(r.Oldstate),
 		NewState: tcpstate.State(r.Newstate),
+	}
+	if r.Flags&tcptraceEventFlagEVENT_OWNER_UNKNOWN == 0 {
+		ev.PID = r.Owner.Pid
+		ev.UID = r.Owner.Uid
+		ev.Comm = r.Owner.Comm
+		ev.Cgroup = r.Owner.Cgroup
+		ev.OwnerExited = r.Flags&tcptraceEventFlagEVENT_OWNER_EXITED != 0
+		ev.OwnerUnverified = r.Flags&tcptraceEventFlagEVENT_OWNER_UNVERIFIED != 0
 	}
 	if r.Flags&tcptraceEventFlagEVENT_IN_STATE_KNOWN != 0 {
 		ev.InState = time.Duration(r.InStateNs)

@@ -17,12 +17,13 @@ func rawOf(r *tcptraceEvent) []byte {
 func v4Sample() *tcptraceEvent {
 	r := &tcptraceEvent{
 		TsNs: 1000, Skaddr: 0xffff1, InStateNs: 2500000, Type: tcptraceRecordTypeRECORD_STATE,
-		Flags: tcptraceEventFlagEVENT_IN_STATE_KNOWN, Netns: 4026531840, Pid: 42, Tid: 43, Uid: 7,
+		Flags: tcptraceEventFlagEVENT_IN_STATE_KNOWN, Netns: 4026531840,
 		Family: afInet, Lport: 8080, Rport: 51234, Oldstate: 1, Newstate: 8,
+		Owner: tcptraceOwner{Pid: 42, Uid: 7, Cgroup: 99},
 	}
 	copy(r.Saddr[:], []byte{127, 0, 0, 1})
 	copy(r.Daddr[:], []byte{10, 0, 0, 9})
-	copy(r.Comm[:], "redis-server")
+	copy(r.Owner.Comm[:], "redis-server")
 	return r
 }
 
@@ -31,8 +32,8 @@ func TestDecodeIPv4(t *testing.T) {
 	if err := decode(rawOf(v4Sample()), 5000, &ev); err != nil {
 		t.Fatal(err)
 	}
-	if ev.Kind != event.KindState || ev.Time != 6000 || ev.PID != 42 || ev.TID != 43 || ev.UID != 7 ||
-		ev.NetNS != 4026531840 || ev.Sock != 0xffff1 {
+	if ev.Kind != event.KindState || ev.Time != 6000 || ev.Mono != 1000 || ev.PID != 42 || ev.UID != 7 ||
+		ev.Cgroup != 99 || ev.NetNS != 4026531840 || ev.Sock != 0xffff1 || ev.OwnerExited || ev.OwnerUnverified {
 		t.Fatalf("ids: %+v", ev)
 	}
 	if ev.Family != event.IPv4 || ev.LAddr.String() != "127.0.0.1" || ev.RAddr.String() != "10.0.0.9" ||
@@ -65,6 +66,26 @@ func TestDecodeIPv6AndUnknownInState(t *testing.T) {
 	}
 	if ev.InStateKnown {
 		t.Fatal("in-state time should be unknown without the flag")
+	}
+}
+
+func TestDecodeOwnerFlags(t *testing.T) {
+	var ev event.Event
+	r := v4Sample()
+	r.Flags |= tcptraceEventFlagEVENT_OWNER_EXITED | tcptraceEventFlagEVENT_OWNER_UNVERIFIED
+	if err := decode(rawOf(r), 0, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if !ev.OwnerExited || !ev.OwnerUnverified || !ev.OwnerKnown() {
+		t.Fatalf("flags: %+v", ev)
+	}
+	r = v4Sample()
+	r.Flags |= tcptraceEventFlagEVENT_OWNER_UNKNOWN
+	if err := decode(rawOf(r), 0, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.OwnerKnown() || ev.PID != 0 || len(ev.CommBytes()) != 0 {
+		t.Fatalf("an unknown owner must not leak the record's owner fields: %+v", ev)
 	}
 }
 

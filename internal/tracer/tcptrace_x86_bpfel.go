@@ -30,25 +30,49 @@ type tcptraceEvent struct {
 	Type      tcptraceRecordType
 	Flags     tcptraceEventFlag
 	Netns     uint32
-	Pid       uint32
-	Tid       uint32
-	Uid       uint32
 	Family    uint16
 	Lport     uint16
 	Rport     uint16
 	Oldstate  uint8
 	Newstate  uint8
+	Pad       [4]uint8
 	Saddr     [16]uint8
 	Daddr     [16]uint8
-	Comm      [16]uint8
+	Owner     tcptraceOwner
 }
 
 type tcptraceEventFlag uint32
 
 const (
-	tcptraceEventFlagEVENT_IN_STATE_KNOWN tcptraceEventFlag = 1
-	tcptraceEventFlagEVENT_PORT_LATE      tcptraceEventFlag = 2
+	tcptraceEventFlagEVENT_IN_STATE_KNOWN   tcptraceEventFlag = 1
+	tcptraceEventFlagEVENT_PORT_LATE        tcptraceEventFlag = 2
+	tcptraceEventFlagEVENT_OWNER_UNKNOWN    tcptraceEventFlag = 4
+	tcptraceEventFlagEVENT_OWNER_UNVERIFIED tcptraceEventFlag = 8
+	tcptraceEventFlagEVENT_OWNER_EXITED     tcptraceEventFlag = 16
 )
+
+type tcptraceHolder struct {
+	_         structs.HostLayout
+	Sk        uint64
+	StartTime uint64
+	Owner     tcptraceOwner
+}
+
+type tcptraceListenKey struct {
+	_     structs.HostLayout
+	Netns uint32
+	Port  uint16
+	Pad   uint16
+}
+
+type tcptraceOwner struct {
+	_      structs.HostLayout
+	Since  uint64
+	Cgroup uint64
+	Pid    uint32
+	Uid    uint32
+	Comm   [16]uint8
+}
 
 type tcptraceRecordType uint32
 
@@ -56,23 +80,38 @@ const (
 	tcptraceRecordTypeRECORD_STATE tcptraceRecordType = 1
 )
 
+type tcptraceSockInfo struct {
+	_       structs.HostLayout
+	StateTs uint64
+	Owner   tcptraceOwner
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	tcptraceMapConnecting      = "connecting"
 	tcptraceMapEvents          = "events"
+	tcptraceMapExits           = "exits"
 	tcptraceMapFilterPids      = "filter_pids"
 	tcptraceMapFilterPorts     = "filter_ports"
+	tcptraceMapForks           = "forks"
+	tcptraceMapListeners       = "listeners"
 	tcptraceMapLost            = "lost"
 	tcptraceMapPendingConnects = "pending_connects"
-	tcptraceMapStateSince      = "state_since"
-	tcptraceProgConnectBtf     = "connect_btf"
-	tcptraceProgConnectRaw     = "connect_raw"
+	tcptraceMapSocks           = "socks"
+	tcptraceProgExitBtf        = "exit_btf"
+	tcptraceProgExitRaw        = "exit_raw"
+	tcptraceProgForkBtf        = "fork_btf"
+	tcptraceProgForkRaw        = "fork_raw"
+	tcptraceProgScanSocks      = "scan_socks"
 	tcptraceProgStateBtf       = "state_btf"
 	tcptraceProgStateRaw       = "state_raw"
 	tcptraceProgStateTp        = "state_tp"
+	tcptraceProgSysExitBtf     = "sys_exit_btf"
+	tcptraceProgSysExitRaw     = "sys_exit_raw"
 	tcptraceVarCfg             = "cfg"
+	tcptraceVarUnusedHolder    = "unused_holder"
 )
 
 // loadTcptrace returns the embedded CollectionSpec for tcptrace.
@@ -117,11 +156,16 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	ConnectBtf *ebpf.ProgramSpec `ebpf:"connect_btf"`
-	ConnectRaw *ebpf.ProgramSpec `ebpf:"connect_raw"`
+	ExitBtf    *ebpf.ProgramSpec `ebpf:"exit_btf"`
+	ExitRaw    *ebpf.ProgramSpec `ebpf:"exit_raw"`
+	ForkBtf    *ebpf.ProgramSpec `ebpf:"fork_btf"`
+	ForkRaw    *ebpf.ProgramSpec `ebpf:"fork_raw"`
+	ScanSocks  *ebpf.ProgramSpec `ebpf:"scan_socks"`
 	StateBtf   *ebpf.ProgramSpec `ebpf:"state_btf"`
 	StateRaw   *ebpf.ProgramSpec `ebpf:"state_raw"`
 	StateTp    *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SysExitBtf *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
+	SysExitRaw *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -130,18 +174,22 @@ type tcptraceProgramSpecs struct {
 type tcptraceMapSpecs struct {
 	Connecting      *ebpf.MapSpec `ebpf:"connecting"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
+	Exits           *ebpf.MapSpec `ebpf:"exits"`
 	FilterPids      *ebpf.MapSpec `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.MapSpec `ebpf:"filter_ports"`
+	Forks           *ebpf.MapSpec `ebpf:"forks"`
+	Listeners       *ebpf.MapSpec `ebpf:"listeners"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
 	PendingConnects *ebpf.MapSpec `ebpf:"pending_connects"`
-	StateSince      *ebpf.MapSpec `ebpf:"state_since"`
+	Socks           *ebpf.MapSpec `ebpf:"socks"`
 }
 
 // tcptraceVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
-	Cfg *ebpf.VariableSpec `ebpf:"cfg"`
+	Cfg          *ebpf.VariableSpec `ebpf:"cfg"`
+	UnusedHolder *ebpf.VariableSpec `ebpf:"unused_holder"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -166,22 +214,28 @@ func (o *tcptraceObjects) Close() error {
 type tcptraceMaps struct {
 	Connecting      *ebpf.Map `ebpf:"connecting"`
 	Events          *ebpf.Map `ebpf:"events"`
+	Exits           *ebpf.Map `ebpf:"exits"`
 	FilterPids      *ebpf.Map `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.Map `ebpf:"filter_ports"`
+	Forks           *ebpf.Map `ebpf:"forks"`
+	Listeners       *ebpf.Map `ebpf:"listeners"`
 	Lost            *ebpf.Map `ebpf:"lost"`
 	PendingConnects *ebpf.Map `ebpf:"pending_connects"`
-	StateSince      *ebpf.Map `ebpf:"state_since"`
+	Socks           *ebpf.Map `ebpf:"socks"`
 }
 
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
 		m.Connecting,
 		m.Events,
+		m.Exits,
 		m.FilterPids,
 		m.FilterPorts,
+		m.Forks,
+		m.Listeners,
 		m.Lost,
 		m.PendingConnects,
-		m.StateSince,
+		m.Socks,
 	)
 }
 
@@ -189,27 +243,38 @@ func (m *tcptraceMaps) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
-	Cfg *ebpf.Variable `ebpf:"cfg"`
+	Cfg          *ebpf.Variable `ebpf:"cfg"`
+	UnusedHolder *ebpf.Variable `ebpf:"unused_holder"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	ConnectBtf *ebpf.Program `ebpf:"connect_btf"`
-	ConnectRaw *ebpf.Program `ebpf:"connect_raw"`
+	ExitBtf    *ebpf.Program `ebpf:"exit_btf"`
+	ExitRaw    *ebpf.Program `ebpf:"exit_raw"`
+	ForkBtf    *ebpf.Program `ebpf:"fork_btf"`
+	ForkRaw    *ebpf.Program `ebpf:"fork_raw"`
+	ScanSocks  *ebpf.Program `ebpf:"scan_socks"`
 	StateBtf   *ebpf.Program `ebpf:"state_btf"`
 	StateRaw   *ebpf.Program `ebpf:"state_raw"`
 	StateTp    *ebpf.Program `ebpf:"state_tp"`
+	SysExitBtf *ebpf.Program `ebpf:"sys_exit_btf"`
+	SysExitRaw *ebpf.Program `ebpf:"sys_exit_raw"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
-		p.ConnectBtf,
-		p.ConnectRaw,
+		p.ExitBtf,
+		p.ExitRaw,
+		p.ForkBtf,
+		p.ForkRaw,
+		p.ScanSocks,
 		p.StateBtf,
 		p.StateRaw,
 		p.StateTp,
+		p.SysExitBtf,
+		p.SysExitRaw,
 	)
 }
 

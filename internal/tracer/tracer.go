@@ -112,15 +112,47 @@ func (t *Tracer) features(opts *Options) []feature {
 		}
 		states.candidates = kept
 	}
-	connect := feature{
-		name:     "connect port",
-		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port",
+	sysExit := feature{
+		name: "connect port, accept owner",
+		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port, " +
+			"and an accepted socket keeps its listener's owner",
 		candidates: []candidate{
-			{"tp_btf/sys_exit", "tp_btf", "connect_btf", tpBTF},
-			{"raw_tp/sys_exit", "raw_tp", "connect_raw", rawTracepoint("sys_exit")},
+			{"tp_btf/sys_exit", "tp_btf", "sys_exit_btf", tpBTF},
+			{"raw_tp/sys_exit", "raw_tp", "sys_exit_raw", rawTracepoint("sys_exit")},
 		},
 	}
-	return []feature{states, connect}
+	forks := feature{
+		name:     "forks",
+		degraded: "a socket handed to a child process keeps naming its parent",
+		candidates: []candidate{
+			{"tp_btf/sched_process_fork", "tp_btf", "fork_btf", tpBTF},
+			{"raw_tp/sched_process_fork", "raw_tp", "fork_raw", rawTracepoint("sched_process_fork")},
+		},
+	}
+	exits := feature{
+		name:     "exits",
+		degraded: "owner_exited is never set",
+		candidates: []candidate{
+			{"tp_btf/sched_process_exit", "tp_btf", "exit_btf", tpBTF},
+			{"raw_tp/sched_process_exit", "raw_tp", "exit_raw", rawTracepoint("sched_process_exit")},
+		},
+	}
+	scan := feature{
+		name:     "socket owner scan",
+		degraded: "owners of sockets older than tcptrace are unknown",
+		candidates: []candidate{
+			{"iter/task_file", "iter", "scan_socks", func(p *ebpf.Program) (link.Link, error) {
+				it, err := link.AttachIter(link.IterOptions{Program: p})
+				if err == nil {
+					t.iter = it
+				}
+				return it, err
+			}},
+		},
+	}
+	// The scan comes first: owners of existing sockets are recorded before
+	// the state hooks start reading them.
+	return []feature{scan, forks, exits, sysExit, states}
 }
 
 // StateHookKinds lists the values Options.StateHook accepts.
@@ -132,7 +164,8 @@ type Tracer struct {
 	progs   []*ebpf.Collection
 	links   []link.Link
 	hooks   []Hook
-	mounted string // tracefs mount point we created, unmounted on Close
+	iter    *link.Iter // the socket scan, when the kernel has task_file iterators
+	mounted string     // tracefs mount point we created, unmounted on Close
 }
 
 // ErrNoBTF means the kernel exposes no BTF (/sys/kernel/btf/vmlinux).
@@ -321,6 +354,7 @@ func (t *Tracer) Detach() error {
 		errs = append(errs, l.Close())
 	}
 	t.links = nil
+	t.iter = nil
 	for _, c := range t.progs {
 		c.Close()
 	}

@@ -1,0 +1,259 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+)
+
+// waitFor waits until a state record in ns matches pred.
+func (p *tracerProc) waitFor(ns *netNS, what string, pred func(record) bool) record {
+	p.t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for {
+		for _, r := range p.states(ns) {
+			if pred(r) {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("no %s within %v:\n%s", what, waitLong, dump(p.states(ns)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func into(state string, port uint16) func(record) bool {
+	return func(r record) bool { return r.NewState == state && (port == 0 || r.LPort == port) }
+}
+
+func killLater(t *testing.T, pid int) {
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) })
+}
+
+// TestOwnerOfOlderConnection: a connection made before tcptrace starts; the
+// changes that follow (many in softirq or the peer's context) name its owners.
+func TestOwnerOfOlderConnection(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	srv := startRole(t, ns, "server", "-addr", "127.0.0.1:7001", "-hold")
+	srv.expect("listening")
+	cli := startRole(t, ns, "client", "-addr", "127.0.0.1:7001", "-hold")
+	cport, _ := strconv.Atoi(cli.expect("connected"))
+	srv.expect("accepted")
+
+	tr := startTracer(t)
+	cli.send("close")
+	cli.expect("closed")
+	cli.wait()
+	srv.expect("eof")
+	srv.send("close")
+	srv.expect("closed")
+	srv.wait()
+	recs := tr.waitStates(ns, 7)
+	tr.stopClean()
+
+	seen := map[string]bool{}
+	for _, r := range tr.states(ns) {
+		want := srv.pid()
+		if int(r.LPort) == cport {
+			want = cli.pid()
+		}
+		seen[r.OldState+"->"+r.NewState] = true
+		if r.PID != want {
+			t.Errorf("%s->%s (local port %d): pid %d, want %d: %s", r.OldState, r.NewState, r.LPort, r.PID, want, r)
+		}
+	}
+	for _, c := range []string{"ESTABLISHED->FIN_WAIT1", "ESTABLISHED->CLOSE_WAIT", "FIN_WAIT1->FIN_WAIT2",
+		"CLOSE_WAIT->LAST_ACK", "FIN_WAIT2->CLOSE", "LAST_ACK->CLOSE", "LISTEN->CLOSE"} {
+		if !seen[c] {
+			t.Errorf("missing %s:\n%s", c, dump(recs))
+		}
+	}
+}
+
+// TestOwnerAfterFork: the server accepts and forks; the child keeps the
+// socket and the parent closes its copy. The CLOSE_WAIT names the child.
+func TestOwnerAfterFork(t *testing.T) {
+	needRoot(t)
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		unavailable(t, "no sleep program on PATH")
+	}
+	for _, tc := range []struct{ name, flag, comm string }{
+		{"fork", "-fork", ""}, // the child runs on as a copy of the server
+		{"fork+exec", "-exec=" + sleep, "sleep"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := newNetNS(t)
+			tr := startTracer(t)
+			srv := startRole(t, ns, "server", "-addr", "127.0.0.1:7001", tc.flag)
+			srv.expect("listening")
+			cli := startRole(t, ns, "client", "-addr", "127.0.0.1:7001", "-hold")
+			cli.expect("connected")
+			srv.expect("accepted")
+			child, err := strconv.Atoi(srv.expect("forked"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			killLater(t, child)
+			srv.wait()
+
+			cli.send("close")
+			cli.expect("closed")
+			cli.wait()
+			r := tr.waitFor(ns, "CLOSE_WAIT", into("CLOSE_WAIT", 7001))
+			if r.PID != child || (tc.comm != "" && r.Comm != tc.comm) {
+				t.Errorf("CLOSE_WAIT names pid %d (%s), want the child %d (%s); server was %d",
+					r.PID, r.Comm, child, tc.comm, srv.pid())
+			}
+			// The child lets go by dying: its exit closes the socket in its own context.
+			syscall.Kill(child, syscall.SIGKILL)
+			r = tr.waitFor(ns, "LAST_ACK", into("LAST_ACK", 7001))
+			if r.PID != child {
+				t.Errorf("CLOSE_WAIT->LAST_ACK names pid %d, want the child %d", r.PID, child)
+			}
+			tr.stopClean()
+		})
+	}
+}
+
+// TestOwnerExited: the client closes and exits while its socket waits in
+// FIN_WAIT2; the final CLOSE still names it, marked as exited.
+func TestOwnerExited(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	tr := startTracer(t)
+	srv := startRole(t, ns, "server", "-addr", "127.0.0.1:7001", "-hold")
+	srv.expect("listening")
+	cli := startRole(t, ns, "client", "-addr", "127.0.0.1:7001")
+	cport, _ := strconv.Atoi(cli.expect("connected"))
+	cli.expect("closed")
+	cli.wait()
+	srv.expect("accepted")
+	srv.expect("eof")
+	srv.send("close")
+	srv.expect("closed")
+	srv.wait()
+
+	r := tr.waitFor(ns, "the client's FIN_WAIT2->CLOSE", func(r record) bool {
+		return int(r.LPort) == cport && r.OldState == "FIN_WAIT2" && r.NewState == "CLOSE"
+	})
+	if r.PID != cli.pid() || !r.Exited {
+		t.Errorf("orphan's final CLOSE: pid %d exited %v, want %d exited true", r.PID, r.Exited, cli.pid())
+	}
+	tr.stopClean()
+	for _, r := range tr.states(ns) {
+		if int(r.LPort) == cport && r.NewState == "SYN_SENT" && r.Exited {
+			t.Errorf("connect() marked as from an exited owner: %s", r)
+		}
+	}
+}
+
+// countMapEntries counts the entries of the newest BPF map called name.
+func countMapEntries(t *testing.T, name string) int {
+	t.Helper()
+	var found *ebpf.Map
+	for id := ebpf.MapID(0); ; {
+		next, err := ebpf.MapGetNextID(id)
+		if err != nil {
+			break
+		}
+		id = next
+		m, err := ebpf.NewMapFromID(id)
+		if err != nil {
+			continue
+		}
+		if info, err := m.Info(); err == nil && info.Name == name {
+			if found != nil {
+				found.Close()
+			}
+			found = m
+			continue
+		}
+		m.Close()
+	}
+	if found == nil {
+		t.Fatalf("no BPF map %q loaded", name)
+	}
+	defer found.Close()
+	n := 0
+	var key, next uint64
+	for err := found.NextKey(nil, &next); err == nil; err = found.NextKey(key, &next) {
+		key = next
+		n++
+	}
+	return n
+}
+
+func rssKiB(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	if m == nil {
+		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// TestOwnerStateStaysBounded: many short connections leave no owner state
+// behind, in the kernel or in tcptrace, and tcptrace's memory stays flat.
+func TestOwnerStateStaysBounded(t *testing.T) {
+	needRoot(t)
+	total := 200000
+	if testing.Short() {
+		total = 20000
+	}
+	warm := total / 10
+	ns := newNetNS(t)
+	if err := ns.sysctl("net/ipv4/ip_local_port_range", "1024 65000"); err != nil {
+		t.Fatal(err)
+	}
+	tr := newTracerOpts(t, true, "-o", "json", "-v")
+	close(tr.gate)
+	tr.waitReady()
+	storm := func(n int) {
+		s := startRole(t, ns, "storm", "-addr", "127.0.0.1:7004", "-n", strconv.Itoa(n), "-server-first")
+		s.expect("done")
+		s.wait()
+	}
+	storm(warm)
+	time.Sleep(200 * time.Millisecond)
+	rssWarm := rssKiB(t, tr.cmd.Process.Pid)
+	start := time.Now()
+	storm(total - warm)
+	elapsed := time.Since(start)
+	time.Sleep(200 * time.Millisecond)
+	rssEnd := rssKiB(t, tr.cmd.Process.Pid)
+	socks := countMapEntries(t, "socks")
+	tr.stopClean()
+
+	m := regexp.MustCompile(`owner cache: (\d+) sockets`).FindStringSubmatch(tr.stderrText())
+	if m == nil {
+		t.Fatalf("no owner cache report in:\n%s", tr.stderrText())
+	}
+	cached, _ := strconv.Atoi(m[1])
+	t.Logf("%d connections (%.0f/s): RSS %d -> %d KiB, kernel socks entries %d, owner cache %d",
+		total, float64(total-warm)/elapsed.Seconds(), rssWarm, rssEnd, socks, cached)
+	if socks > 100 || cached > 100 {
+		t.Errorf("per-socket state left behind: %d kernel entries, %d cached owners", socks, cached)
+	}
+	if rssEnd-rssWarm > 16<<10 {
+		t.Errorf("RSS grew by %d KiB over %d connections", rssEnd-rssWarm, total-warm)
+	}
+	if strings.Contains(tr.stderrText(), "scan failed") {
+		t.Error(tr.stderrText())
+	}
+}
+
