@@ -256,4 +256,3 @@ func TestOwnerStateStaysBounded(t *testing.T) {
 		t.Error(tr.stderrText())
 	}
 }
-
