@@ -82,6 +82,7 @@ struct sock_common {
 		};
 	};
 	unsigned short skc_family;
+	volatile unsigned char skc_state;
 	possible_net_t skc_net;
 	struct in6_addr skc_v6_daddr;
 	struct in6_addr skc_v6_rcv_saddr;
@@ -90,6 +91,12 @@ struct sock_common {
 struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+/* tcp_mstamp: the socket's last send or receive, in microseconds of the
+ * CLOCK_MONOTONIC clock that bpf_ktime_get_ns() reads. */
+struct tcp_sock {
+	__u64 tcp_mstamp;
 } __attribute__((preserve_access_index));
 
 /* inet_sport outlives skc_num, which inet_put_port() clears before the CLOSE event. */

@@ -36,8 +36,8 @@ enum {
 
 volatile const struct config cfg = {};
 
-/* Puts struct holder in BTF, so bpf2go generates its Go type. */
-const struct holder *unused_holder __attribute__((unused));
+/* Puts struct sock_fd in BTF, so bpf2go generates its Go type. */
+const struct sock_fd *unused_sock_fd __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -217,30 +217,47 @@ static __always_inline bool is_v4_mapped(const __u8 *a)
 	return lo == 0 && mid == bpf_htonl(0x0000ffff);
 }
 
+/* Reads sk's family and addresses; a dual-stack socket talking IPv4 comes
+ * out as IPv4. Returns the family, 0 for anything but IPv4 and IPv6. */
+static __always_inline __u16 read_addrs(const struct sock *sk, __u8 *saddr, __u8 *daddr)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)saddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO((__u32 *)daddr, sk, __sk_common.skc_daddr);
+		return family;
+	}
+	if (family != AF_INET6)
+		return 0;
+	BPF_CORE_READ_INTO((struct in6_addr *)saddr, sk, __sk_common.skc_v6_rcv_saddr);
+	BPF_CORE_READ_INTO((struct in6_addr *)daddr, sk, __sk_common.skc_v6_daddr);
+	if (is_v4_mapped(saddr) || is_v4_mapped(daddr)) {
+		*(__u32 *)saddr = *(__u32 *)(saddr + 12);
+		*(__u32 *)daddr = *(__u32 *)(daddr + 12);
+		__builtin_memset(saddr + 4, 0, 12);
+		__builtin_memset(daddr + 4, 0, 12);
+		return AF_INET;
+	}
+	return family;
+}
+
+/* Whether a change from oldstate to newstate is wanted by --state and friends. */
+static __always_inline bool change_wanted(int oldstate, int newstate)
+{
+	if (!cfg.state_mask && !cfg.old_state_mask)
+		return true;
+	return (cfg.state_mask & (1u << (newstate & 31))) || (cfg.old_state_mask & (1u << (oldstate & 31)));
+}
+
 static __always_inline int handle_state(const struct sock *sk, int oldstate, int newstate)
 {
 	if (!is_tcp(sk))
 		return 0;
 
 	struct event e = {};
-	e.family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (e.family == AF_INET) {
-		BPF_CORE_READ_INTO(&e.saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO(&e.daddr, sk, __sk_common.skc_daddr);
-	} else if (e.family == AF_INET6) {
-		BPF_CORE_READ_INTO(&e.saddr, sk, __sk_common.skc_v6_rcv_saddr);
-		BPF_CORE_READ_INTO(&e.daddr, sk, __sk_common.skc_v6_daddr);
-		/* A dual-stack socket talking IPv4 is shown as IPv4. */
-		if (is_v4_mapped(e.saddr) || is_v4_mapped(e.daddr)) {
-			e.family = AF_INET;
-			*(__u32 *)e.saddr = *(__u32 *)(e.saddr + 12);
-			*(__u32 *)e.daddr = *(__u32 *)(e.daddr + 12);
-			__builtin_memset(e.saddr + 4, 0, 12);
-			__builtin_memset(e.daddr + 4, 0, 12);
-		}
-	} else {
+	e.family = read_addrs(sk, e.saddr, e.daddr);
+	if (!e.family)
 		return 0;
-	}
 	/* A socket's family never changes: skip foreign ones before any map work. */
 	if (cfg.family && cfg.family != e.family)
 		return 0;
@@ -292,7 +309,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	if (oldstate == TCP_SYN_SENT)
 		flush_pending(sk, skaddr);
 
-	if (cfg.state_mask && !(cfg.state_mask & (1u << (newstate & 31))))
+	if (!change_wanted(oldstate, newstate))
 		return 0;
 	if (!pid_wanted(&e))
 		return 0;
@@ -474,13 +491,17 @@ int scan_socks(struct bpf_iter__task_file *ctx)
 	const struct sock *sk = tcp_sock_of_file(file);
 	if (!sk)
 		return 0;
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	if (family != AF_INET && family != AF_INET6)
-		return 0;
 
-	struct holder h = {};
+	struct sock_fd h = {};
+	h.family = read_addrs(sk, h.saddr, h.daddr);
+	if (!h.family)
+		return 0;
 	h.sk = (__u64)sk;
+	h.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	h.lport = local_port(sk);
+	h.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	h.start_time = BPF_CORE_READ(task, start_time);
+	h.last_active = BPF_CORE_READ((const struct tcp_sock *)sk, tcp_mstamp) * 1000;
 	h.owner.since = bpf_ktime_get_ns();
 	h.owner.pid = BPF_CORE_READ(task, tgid);
 	h.owner.uid = BPF_CORE_READ(task, cred, uid.val);

@@ -34,11 +34,19 @@ struct sock_info {
 	struct owner owner;
 };
 
-/* One socket file descriptor found by the scan iterator. */
-struct holder {
+/* One TCP socket file descriptor found by the scan iterator. */
+struct sock_fd {
 	__u64 sk;
 	__u64 start_time; /* the holder's start: the most recent holder is primary */
+	__u64 last_active; /* the socket's last send or receive (CLOCK_MONOTONIC ns) */
 	struct owner owner;
+	__u16 family;
+	__u16 lport;
+	__u16 rport;
+	__u8 state;
+	__u8 pad;
+	__u8 saddr[16];
+	__u8 daddr[16];
 };
 
 /* One state change of a TCP socket. Field order keeps it free of holes. */
@@ -62,7 +70,8 @@ struct event {
 
 /* Set by the loader before load (volatile const: the verifier prunes dead filters). */
 struct config {
-	__u32 state_mask;   /* bit n: report changes into state n; 0 reports all */
+	__u32 state_mask;   /* bit n: report changes into state n */
+	__u32 old_state_mask; /* bit n: report changes out of state n; both 0 report all */
 	__u32 wakeup_bytes; /* wake the reader only once this much data waits */
 	__u16 family;       /* 0 for both, else AF_INET or AF_INET6 */
 	__u8 filter_pids;   /* consult the filter_pids map */

@@ -94,25 +94,17 @@ func Parse(args []string) (*Config, error) {
 		return c, nil
 	}
 	if fs.NArg() > 0 {
-		return nil, usagef("unexpected argument %q", fs.Arg(0))
+		return nil, usagef("unexpected argument %q (subcommands: closewait)", fs.Arg(0))
 	}
 	var err error
 	if c.Output, err = output.ParseFormat(raw.output); err != nil {
 		return nil, usagef("invalid --output: %v", err)
 	}
-	for _, p := range raw.pids {
-		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 32)
-		if err != nil || n == 0 {
-			return nil, usagef("invalid --pid %q: want a process ID", p)
-		}
-		c.PIDs = append(c.PIDs, uint32(n))
+	if c.PIDs, err = parsePIDs(raw.pids); err != nil {
+		return nil, err
 	}
-	for _, p := range raw.ports {
-		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 16)
-		if err != nil || n == 0 {
-			return nil, usagef("invalid --port %q: want a port from 1 to 65535", p)
-		}
-		c.Ports = append(c.Ports, uint16(n))
+	if c.Ports, err = parsePorts(raw.ports); err != nil {
+		return nil, err
 	}
 	for _, s := range raw.states {
 		st, err := tcpstate.Parse(s)
@@ -143,6 +135,30 @@ func Parse(args []string) (*Config, error) {
 		c.Comm = c.Comm[:15]
 	}
 	return c, nil
+}
+
+func parsePIDs(list []string) ([]uint32, error) {
+	var out []uint32
+	for _, p := range list {
+		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 32)
+		if err != nil || n == 0 {
+			return nil, usagef("invalid --pid %q: want a process ID", p)
+		}
+		out = append(out, uint32(n))
+	}
+	return out, nil
+}
+
+func parsePorts(list []string) ([]uint16, error) {
+	var out []uint16
+	for _, p := range list {
+		n, err := strconv.ParseUint(strings.TrimSpace(p), 10, 16)
+		if err != nil || n == 0 {
+			return nil, usagef("invalid --port %q: want a port from 1 to 65535", p)
+		}
+		out = append(out, uint16(n))
+	}
+	return out, nil
 }
 
 // parseSize reads a power-of-two byte count with an optional K or M suffix.
@@ -182,6 +198,7 @@ func Usage(w io.Writer) {
 	fmt.Fprintf(w, `tcptrace: stream every TCP state change on this host, live, with the process behind it.
 
 Usage: sudo tcptrace [flags]
+       sudo tcptrace closewait [flags]   (see tcptrace closewait -h)
 
 Flags:
 %s

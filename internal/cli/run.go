@@ -40,6 +40,9 @@ const drainEvery = 20 * time.Millisecond
 
 // Run parses args and streams until ctx ends, --duration passes, or an error.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "closewait" {
+		return runCloseWait(ctx, args[1:], stdout, stderr)
+	}
 	cfg, err := Parse(args)
 	if err != nil {
 		return err
@@ -52,15 +55,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "tcptrace %s\n", Version())
 		return nil
 	}
-	if err := checkPrivileges(); err != nil {
-		return err
-	}
-	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones need nothing.
-	if err := rlimit.RemoveMemlock(); err != nil {
-		fmt.Fprintf(stderr, "tcptrace: warning: could not raise RLIMIT_MEMLOCK: %v\n", err)
-	}
-
-	tr, err := tracer.New(tracer.Options{
+	tr, err := openTracer(tracer.Options{
 		StateMask:    cfg.StateMask(),
 		Family:       cfg.Family,
 		PIDs:         cfg.PIDs,
@@ -68,17 +63,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		RingBytes:    cfg.RingSize,
 		StateHook:    cfg.StateHook,
 		MountTracefs: !cfg.NoMountTracefs,
-	})
+	}, cfg.Verbose, stderr)
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
-
-	if cfg.Verbose {
-		for _, h := range tr.Hooks() {
-			fmt.Fprintf(stderr, "tcptrace: hook: %s\n", h)
-		}
-	}
 	owners := owner.NewResolver(tr, cgroup.NewNames())
 	start := time.Now()
 	if err := owners.Snapshot(tracer.Mono()); err != nil && !errors.Is(err, tracer.ErrNoScan) {
@@ -110,6 +99,28 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			owners.Tracked(), owners.Scans, owners.ScanErrs)
 	}
 	return err
+}
+
+// openTracer checks privileges, loads and attaches everything, and with
+// verbose says which hook serves each feature.
+func openTracer(opts tracer.Options, verbose bool, stderr io.Writer) (*tracer.Tracer, error) {
+	if err := checkPrivileges(); err != nil {
+		return nil, err
+	}
+	// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones need nothing.
+	if err := rlimit.RemoveMemlock(); err != nil {
+		fmt.Fprintf(stderr, "tcptrace: warning: could not raise RLIMIT_MEMLOCK: %v\n", err)
+	}
+	tr, err := tracer.New(opts)
+	if err != nil {
+		return nil, err
+	}
+	if verbose {
+		for _, h := range tr.Hooks() {
+			fmt.Fprintf(stderr, "tcptrace: hook: %s\n", h)
+		}
+	}
+	return tr, nil
 }
 
 // pipeline carries each record from decode to output: owner enrichment,

@@ -40,6 +40,18 @@ func runWorkload(role string, args []string) error {
 		}
 	}
 	switch role {
+	case "leaker":
+		return runLeaker(in, *network, *addr, *count)
+	case "clients":
+		for i := 0; i < *count; i++ {
+			c, err := net.Dial(*network, *addr)
+			if err != nil {
+				return err
+			}
+			c.Close()
+		}
+		fmt.Println("done")
+		return nil
 	case "storm":
 		return runStorm(*network, *addr, *count, *serverFirst)
 	case "server":
@@ -263,6 +275,74 @@ func (p *pair) run(t *testing.T) {
 	p.server.expect("closed")
 	p.client.wait()
 	p.server.wait()
+}
+
+// runLeaker accepts n connections and, like a leaking server, never closes
+// them: once each peer has closed, all n sit in CLOSE_WAIT. Commands on
+// stdin: "close K" closes K of them, "fork" hands them all to a forked child,
+// "exec PROG" hands one to PROG as its stdin and stdout.
+func runLeaker(in *bufio.Reader, network, addr string, n int) error {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	fmt.Println("listening")
+	var held []net.Conn
+	for len(held) < n {
+		c, err := ln.Accept()
+		if err != nil {
+			return err
+		}
+		held = append(held, c)
+	}
+	for _, c := range held {
+		if _, err := io.Copy(io.Discard, c); err != nil { // EOF: the peer closed
+			return err
+		}
+	}
+	fmt.Printf("held %d\n", len(held))
+	for {
+		line, err := in.ReadString('\n')
+		if err != nil {
+			return nil
+		}
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "close":
+			k, _ := strconv.Atoi(f[1])
+			for _, c := range held[:k] {
+				c.Close()
+			}
+			held = held[k:]
+			fmt.Printf("holding %d\n", len(held))
+		case len(f) == 1 && f[0] == "fork":
+			pid, err := forkHolding()
+			if err != nil {
+				return err
+			}
+			for _, c := range held {
+				c.Close()
+			}
+			held = nil
+			fmt.Printf("forked %d\n", pid)
+		case len(f) == 2 && f[0] == "exec":
+			sf, err := held[0].(*net.TCPConn).File()
+			if err != nil {
+				return err
+			}
+			cmd := exec.Command(f[1], "3600")
+			cmd.Stdin, cmd.Stdout = sf, sf
+			if err := cmd.Start(); err != nil {
+				return err
+			}
+			sf.Close()
+			held[0].Close()
+			held = held[1:]
+			fmt.Printf("forked %d\n", cmd.Process.Pid)
+		default:
+			return fmt.Errorf("unknown command %q", line)
+		}
+	}
 }
 
 // runStorm makes n connections to itself one after another, each closed by

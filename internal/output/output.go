@@ -108,7 +108,7 @@ func AppendText(b []byte, e *event.Event, loc *time.Location) []byte {
 		b = strconv.AppendUint(b, uint64(e.PID), 10)
 		b = padTo(b, start, 8)
 		start = len(b)
-		b = appendPrintable(b, e.CommBytes())
+		b = AppendPrintable(b, e.CommBytes())
 	} else {
 		b = append(b, '-')
 		b = padTo(b, start, 8)
@@ -161,9 +161,9 @@ func appendAddrPort(b []byte, appendAddr func([]byte) []byte, f event.Family, po
 	return strconv.AppendUint(b, uint64(port), 10)
 }
 
-// appendPrintable copies a command name, replacing control bytes so that a
+// AppendPrintable copies a command name, replacing control bytes so that a
 // hostile comm cannot move the terminal cursor.
-func appendPrintable(b, s []byte) []byte {
+func AppendPrintable(b, s []byte) []byte {
 	for _, c := range s {
 		if c < 0x20 || c == 0x7f {
 			c = '?'

@@ -9,6 +9,7 @@
 package owner
 
 import (
+	"net/netip"
 	"slices"
 	"time"
 
@@ -16,7 +17,8 @@ import (
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
 )
 
-// Holder is one process holding a file descriptor of a socket.
+// Holder is one process holding a file descriptor of a TCP socket, with the
+// socket's state and addresses as the scan saw them.
 type Holder struct {
 	Sock   uint64
 	Start  uint64 // process start time (CLOCK_MONOTONIC): the most recent holder is primary
@@ -25,6 +27,13 @@ type Holder struct {
 	UID    uint32
 	Cgroup uint64
 	Comm   [16]byte
+
+	// LastActive is the socket's last send or receive (CLOCK_MONOTONIC ns).
+	LastActive   uint64
+	State        tcpstate.State
+	Family       event.Family
+	LAddr, RAddr netip.Addr
+	LPort, RPort uint16
 }
 
 // Source is the kernel side: a scan of every socket fd, and the owner record.

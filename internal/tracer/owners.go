@@ -5,18 +5,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/owner"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
 )
 
 // ErrNoScan means the kernel refused the task_file iterator.
 var ErrNoScan = errors.New("socket scan unavailable (no iter/task_file)")
 
-const rawHolderSize = int(unsafe.Sizeof(tcptraceHolder{}))
+const rawSockFDSize = int(unsafe.Sizeof(tcptraceSockFd{}))
 
 // Scan runs the iter/task_file program: fn sees every TCP socket file
 // descriptor of every process. One pass over the kernel's tables, no /proc.
@@ -30,7 +33,7 @@ func (t *Tracer) Scan(fn func(*owner.Holder)) error {
 	}
 	defer rc.Close()
 	br := bufio.NewReaderSize(rc, 64<<10)
-	buf := make([]byte, rawHolderSize)
+	buf := make([]byte, rawSockFDSize)
 	var h owner.Holder
 	for {
 		if _, err := io.ReadFull(br, buf); err == io.EOF {
@@ -38,10 +41,21 @@ func (t *Tracer) Scan(fn func(*owner.Holder)) error {
 		} else if err != nil {
 			return fmt.Errorf("read socket scan: %w", err)
 		}
-		r := (*tcptraceHolder)(unsafe.Pointer(&buf[0]))
-		h = owner.Holder{Sock: r.Sk, Start: r.StartTime, Since: r.Owner.Since, PID: r.Owner.Pid,
-			UID: r.Owner.Uid, Cgroup: r.Owner.Cgroup, Comm: r.Owner.Comm}
+		decodeSockFD((*tcptraceSockFd)(unsafe.Pointer(&buf[0])), &h)
 		fn(&h)
+	}
+}
+
+func decodeSockFD(r *tcptraceSockFd, h *owner.Holder) {
+	*h = owner.Holder{Sock: r.Sk, Start: r.StartTime, Since: r.Owner.Since, PID: r.Owner.Pid,
+		UID: r.Owner.Uid, Cgroup: r.Owner.Cgroup, Comm: r.Owner.Comm,
+		LastActive: r.LastActive, State: tcpstate.State(r.State), LPort: r.Lport, RPort: r.Rport}
+	if r.Family == afInet6 {
+		h.Family = event.IPv6
+		h.LAddr, h.RAddr = netip.AddrFrom16(r.Saddr), netip.AddrFrom16(r.Daddr)
+	} else {
+		h.Family = event.IPv4
+		h.LAddr, h.RAddr = netip.AddrFrom4([4]byte(r.Saddr[:4])), netip.AddrFrom4([4]byte(r.Daddr[:4]))
 	}
 }
 

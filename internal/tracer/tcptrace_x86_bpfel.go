@@ -14,12 +14,13 @@ import (
 )
 
 type tcptraceConfig struct {
-	_           structs.HostLayout
-	StateMask   uint32
-	WakeupBytes uint32
-	Family      uint16
-	FilterPids  uint8
-	FilterPorts uint8
+	_            structs.HostLayout
+	StateMask    uint32
+	OldStateMask uint32
+	WakeupBytes  uint32
+	Family       uint16
+	FilterPids   uint8
+	FilterPorts  uint8
 }
 
 type tcptraceEvent struct {
@@ -51,13 +52,6 @@ const (
 	tcptraceEventFlagEVENT_OWNER_EXITED     tcptraceEventFlag = 16
 )
 
-type tcptraceHolder struct {
-	_         structs.HostLayout
-	Sk        uint64
-	StartTime uint64
-	Owner     tcptraceOwner
-}
-
 type tcptraceListenKey struct {
 	_     structs.HostLayout
 	Netns uint32
@@ -79,6 +73,21 @@ type tcptraceRecordType uint32
 const (
 	tcptraceRecordTypeRECORD_STATE tcptraceRecordType = 1
 )
+
+type tcptraceSockFd struct {
+	_          structs.HostLayout
+	Sk         uint64
+	StartTime  uint64
+	LastActive uint64
+	Owner      tcptraceOwner
+	Family     uint16
+	Lport      uint16
+	Rport      uint16
+	State      uint8
+	Pad        uint8
+	Saddr      [16]uint8
+	Daddr      [16]uint8
+}
 
 type tcptraceSockInfo struct {
 	_       structs.HostLayout
@@ -111,7 +120,7 @@ const (
 	tcptraceProgSysExitBtf     = "sys_exit_btf"
 	tcptraceProgSysExitRaw     = "sys_exit_raw"
 	tcptraceVarCfg             = "cfg"
-	tcptraceVarUnusedHolder    = "unused_holder"
+	tcptraceVarUnusedSockFd    = "unused_sock_fd"
 )
 
 // loadTcptrace returns the embedded CollectionSpec for tcptrace.
@@ -189,7 +198,7 @@ type tcptraceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
 	Cfg          *ebpf.VariableSpec `ebpf:"cfg"`
-	UnusedHolder *ebpf.VariableSpec `ebpf:"unused_holder"`
+	UnusedSockFd *ebpf.VariableSpec `ebpf:"unused_sock_fd"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -244,7 +253,7 @@ func (m *tcptraceMaps) Close() error {
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
 	Cfg          *ebpf.Variable `ebpf:"cfg"`
-	UnusedHolder *ebpf.Variable `ebpf:"unused_holder"`
+	UnusedSockFd *ebpf.Variable `ebpf:"unused_sock_fd"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.

@@ -18,8 +18,9 @@ import (
 // Options configure what the kernel side records. Filters set here run in
 // BPF, so what they exclude never crosses the ring buffer.
 type Options struct {
-	// StateMask has bit n set to report changes into state n; 0 reports all.
-	StateMask uint32
+	// StateMask has bit n set to report changes into state n, OldStateMask
+	// changes out of state n; with both 0 every change is reported.
+	StateMask, OldStateMask uint32
 	// Family is 0 for both, 4 or 6.
 	Family int
 	PIDs   []uint32
@@ -223,7 +224,7 @@ func New(opts Options) (_ *Tracer, err error) {
 }
 
 func configure(spec *ebpf.CollectionSpec, opts *Options) error {
-	cfg := tcptraceConfig{StateMask: opts.StateMask, WakeupBytes: opts.WakeupBytes}
+	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes}
 	switch opts.Family {
 	case 0:
 	case 4:
