@@ -33,9 +33,12 @@ type Config struct {
 	Family   int // 0, 4 or 6
 	Duration time.Duration
 	RingSize uint32
-	Verbose  bool
-	Version  bool
-	Help     bool
+	// CloseWaitAlert, when set, adds a close_wait_stuck record for every
+	// socket that sits in CLOSE_WAIT this long.
+	CloseWaitAlert time.Duration
+	Verbose        bool
+	Version        bool
+	Help           bool
 
 	// StateHook forces the state-change hook (hidden; for tests and debugging).
 	StateHook string
@@ -66,6 +69,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
+	fs.DurationVar(&c.CloseWaitAlert, "close-wait-alert", 0, "report each socket stuck in CLOSE_WAIT this long (a close_wait_stuck record)")
 	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts")
 	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached and why others are not")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
@@ -120,6 +124,9 @@ func Parse(args []string) (*Config, error) {
 		c.Family = 4
 	case raw.v6:
 		c.Family = 6
+	}
+	if c.CloseWaitAlert < 0 || fs.Changed("close-wait-alert") && c.CloseWaitAlert == 0 {
+		return nil, usagef("invalid --close-wait-alert %v: want a positive duration such as 60s", c.CloseWaitAlert)
 	}
 	if c.Duration < 0 || fs.Changed("duration") && c.Duration == 0 {
 		return nil, usagef("invalid --duration %v: want a positive duration such as 30s", c.Duration)

@@ -14,9 +14,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/cgroup"
+	"github.com/tcptrace/tcptrace/internal/closewait"
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/output"
 	"github.com/tcptrace/tcptrace/internal/owner"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
 	"github.com/tcptrace/tcptrace/internal/tracer"
 )
 
@@ -55,8 +57,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "tcptrace %s\n", Version())
 		return nil
 	}
+	// The alert needs every move into and out of CLOSE_WAIT, whatever --state
+	// asks for; the pipeline then shows only what --state asked for.
+	stateMask, oldMask := cfg.StateMask(), uint32(0)
+	if cfg.CloseWaitAlert > 0 && stateMask != 0 {
+		stateMask |= 1 << tcpstate.CloseWait
+		oldMask = 1 << tcpstate.CloseWait
+	}
 	tr, err := openTracer(tracer.Options{
-		StateMask:    cfg.StateMask(),
+		StateMask:    stateMask,
+		OldStateMask: oldMask,
 		Family:       cfg.Family,
 		PIDs:         cfg.PIDs,
 		Ports:        cfg.Ports,
@@ -69,8 +79,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer tr.Close()
 	owners := owner.NewResolver(tr, cgroup.NewNames())
-	start := time.Now()
-	if err := owners.Snapshot(tracer.Mono()); err != nil && !errors.Is(err, tracer.ErrNoScan) {
+	start, startMono := time.Now(), tracer.Mono()
+	if err := owners.Snapshot(startMono); err != nil && !errors.Is(err, tracer.ErrNoScan) {
 		return fmt.Errorf("snapshot socket owners: %w", err)
 	}
 	if cfg.Verbose {
@@ -84,10 +94,19 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 	p := &pipeline{
-		out:    output.New(stdout, cfg.Output, isTerminal(stdout), nil),
-		owners: owners,
-		comm:   cfg.Comm,
-		pids:   cfg.PIDs,
+		out:       output.New(stdout, cfg.Output, isTerminal(stdout), nil),
+		owners:    owners,
+		comm:      cfg.Comm,
+		pids:      cfg.PIDs,
+		stateMask: cfg.StateMask(),
+	}
+	if cfg.CloseWaitAlert > 0 {
+		p.stuck = closewait.NewStuck(cfg.CloseWaitAlert)
+		owners.EachHolder(func(h *owner.Holder) {
+			if p.wantedHolder(h, cfg) {
+				p.stuck.Seed(h, startMono)
+			}
+		})
 	}
 	st, err := tr.Run(ctx, drainEvery, p)
 	if cerr := tr.Close(); err == nil {
@@ -126,11 +145,13 @@ func openTracer(opts tracer.Options, verbose bool, stderr io.Writer) (*tracer.Tr
 // pipeline carries each record from decode to output: owner enrichment,
 // then the filters the kernel could not apply, then formatting.
 type pipeline struct {
-	out     *output.Writer
-	owners  *owner.Resolver
-	comm    string
-	pids    []uint32
-	dropped uint64 // filtered out here
+	out       *output.Writer
+	owners    *owner.Resolver
+	stuck     *closewait.Stuck // --close-wait-alert
+	comm      string
+	pids      []uint32
+	stateMask uint32 // --state, when the kernel lets more through for the alert
+	dropped   uint64 // filtered out here
 }
 
 func (p *pipeline) Record(e *event.Event) error {
@@ -142,8 +163,24 @@ func (p *pipeline) Record(e *event.Event) error {
 			p.dropped++
 			return nil
 		}
+		if p.stuck != nil {
+			p.stuck.Observe(e)
+			if p.stateMask != 0 && p.stateMask&(1<<e.NewState) == 0 {
+				p.dropped++
+				return nil
+			}
+		}
 	}
 	return p.out.Write(e)
+}
+
+// wantedHolder applies the stream's filters to a socket from the snapshot.
+func (p *pipeline) wantedHolder(h *owner.Holder, cfg *Config) bool {
+	e := event.Event{PID: h.PID, Comm: h.Comm}
+	if !p.wanted(&e) || cfg.Family != 0 && (cfg.Family == 6) != (h.Family == event.IPv6) {
+		return false
+	}
+	return len(cfg.Ports) == 0 || slices.Contains(cfg.Ports, h.LPort) || slices.Contains(cfg.Ports, h.RPort)
 }
 
 // wanted applies --comm, and --pid to owners the kernel could not vouch for
@@ -166,7 +203,14 @@ func (p *pipeline) wanted(e *event.Event) bool {
 	return false
 }
 
-func (p *pipeline) Idle() error { return p.out.Flush() }
+func (p *pipeline) Idle() error {
+	if p.stuck != nil {
+		if err := p.stuck.Due(tracer.Mono(), tracer.WallOffset(), p.out.Write); err != nil {
+			return err
+		}
+	}
+	return p.out.Flush()
+}
 
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)

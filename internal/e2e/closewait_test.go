@@ -256,3 +256,59 @@ func TestCloseWaitLive(t *testing.T) {
 	next(func(p cwProcess) bool { return p.Count == n-5 })
 	cmd.Process.Signal(syscall.SIGINT)
 }
+
+// TestCloseWaitAlert: the stream reports each socket that sits in CLOSE_WAIT
+// for the alert's duration, once, naming its owner; one closed in time is
+// not reported; sockets already stuck at start are reported with a lower bound.
+func TestCloseWaitAlert(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	older := startLeak(t, ns, 7060, 2)
+	tr := startTracer(t, "--close-wait-alert", "1500ms", "--state", "LISTEN")
+	newer := startLeak(t, ns, 7061, 3)
+	newer.send("close 1")
+	newer.expect("holding")
+
+	deadline := time.Now().Add(waitLong)
+	var stuck []record
+	for len(stuck) < 4 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+		stuck = nil
+		tr.mu.Lock()
+		for _, r := range tr.recs {
+			if r.Type == "close_wait_stuck" {
+				stuck = append(stuck, r)
+			}
+		}
+		tr.mu.Unlock()
+	}
+	time.Sleep(300 * time.Millisecond) // room for a wrong fifth alert
+	tr.stopClean()
+	byPort := map[uint16][]record{}
+	tr.mu.Lock()
+	for _, r := range tr.recs {
+		switch r.Type {
+		case "close_wait_stuck":
+			byPort[r.LPort] = append(byPort[r.LPort], r)
+		case "state":
+			if r.NewState != "LISTEN" {
+				t.Errorf("--state LISTEN let through %s", r)
+			}
+		}
+	}
+	tr.mu.Unlock()
+	if len(byPort[7060]) != 2 || len(byPort[7061]) != 2 {
+		t.Fatalf("alerts: %d for the older leak (want 2), %d for the newer (want 2, one was closed in time):\n%s%s",
+			len(byPort[7060]), len(byPort[7061]), dump(byPort[7060]), dump(byPort[7061]))
+	}
+	for _, r := range byPort[7060] {
+		if r.PID != older.pid() || r.AgeSeconds != nil || r.AgeAtLeast == nil {
+			t.Errorf("older leak alert: %s", r)
+		}
+	}
+	for _, r := range byPort[7061] {
+		if r.PID != newer.pid() || r.AgeSeconds == nil || *r.AgeSeconds < 1.5 {
+			t.Errorf("newer leak alert: %s", r)
+		}
+	}
+}

@@ -18,6 +18,9 @@ const (
 	KindState Kind = iota + 1
 	// KindLost reports ring-buffer records the kernel could not write.
 	KindLost
+	// KindCloseWaitStuck: a socket has sat in CLOSE_WAIT for the alert's
+	// duration; InState is its age (a lower bound unless InStateKnown).
+	KindCloseWaitStuck
 )
 
 // Family is the address family shown to the user (v4-mapped IPv6 is IPv4).

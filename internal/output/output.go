@@ -103,6 +103,7 @@ func AppendText(b []byte, e *event.Event, loc *time.Location) []byte {
 		b = append(b, " records: the ring buffer was full\n"...)
 		return b
 	}
+	stuck := e.Kind == event.KindCloseWaitStuck
 	start := len(b)
 	if e.OwnerKnown() {
 		b = strconv.AppendUint(b, uint64(e.PID), 10)
@@ -126,9 +127,16 @@ func AppendText(b []byte, e *event.Event, loc *time.Location) []byte {
 	b = append(b, e.OldState.String()...)
 	b = padTo(b, start, 13)
 	start = len(b)
-	b = append(b, e.NewState.String()...)
+	if stuck {
+		b = append(b, "STUCK"...)
+	} else {
+		b = append(b, e.NewState.String()...)
+	}
 	b = padTo(b, start, 13)
-	if e.InStateKnown {
+	if stuck && !e.InStateKnown {
+		b = append(b, ">="...)
+		b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+	} else if e.InStateKnown {
 		b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
 	} else {
 		b = append(b, '-')
@@ -182,7 +190,11 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 		b = strconv.AppendUint(b, e.Lost, 10)
 		return append(b, "}\n"...)
 	}
-	b = append(b, `{"type":"state","time":"`...)
+	if e.Kind == event.KindCloseWaitStuck {
+		b = append(b, `{"type":"close_wait_stuck","time":"`...)
+	} else {
+		b = append(b, `{"type":"state","time":"`...)
+	}
 	b = time.Unix(0, e.Time).UTC().AppendFormat(b, jsonTime)
 	b = append(b, `","pid":`...)
 	b = strconv.AppendUint(b, uint64(e.PID), 10)
@@ -199,15 +211,27 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 	b = e.RAddr.AppendTo(b)
 	b = append(b, `","rport":`...)
 	b = strconv.AppendUint(b, uint64(e.RPort), 10)
-	b = append(b, `,"old_state":"`...)
-	b = append(b, e.OldState.String()...)
-	b = append(b, `","new_state":"`...)
-	b = append(b, e.NewState.String()...)
-	b = append(b, `","in_state_ms":`...)
-	if e.InStateKnown {
-		b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+	if e.Kind == event.KindCloseWaitStuck {
+		// How long it has sat in CLOSE_WAIT: exact, or a lower bound.
+		secs := float64(e.InState) / float64(time.Second)
+		if e.InStateKnown {
+			b = append(b, `,"age_seconds":`...)
+			b = strconv.AppendFloat(b, secs, 'f', 3, 64)
+		} else {
+			b = append(b, `,"age_seconds":null,"age_at_least_seconds":`...)
+			b = strconv.AppendFloat(b, secs, 'f', 3, 64)
+		}
 	} else {
-		b = append(b, "null"...)
+		b = append(b, `,"old_state":"`...)
+		b = append(b, e.OldState.String()...)
+		b = append(b, `","new_state":"`...)
+		b = append(b, e.NewState.String()...)
+		b = append(b, `","in_state_ms":`...)
+		if e.InStateKnown {
+			b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+		} else {
+			b = append(b, "null"...)
+		}
 	}
 	b = append(b, `,"netns":`...)
 	b = strconv.AppendUint(b, uint64(e.NetNS), 10)

@@ -215,6 +215,13 @@ func (r *Resolver) Enrich(e *event.Event, mono func() uint64) {
 	}
 }
 
+// EachHolder calls fn with the primary holder of every socket the last scan saw.
+func (r *Resolver) EachHolder(fn func(*Holder)) {
+	for _, hs := range r.holders {
+		fn(&hs[0])
+	}
+}
+
 // Tracked returns how many sockets the resolver holds state for (for tests
 // and memory accounting).
 func (r *Resolver) Tracked() int { return len(r.holders) + len(r.unheld) }

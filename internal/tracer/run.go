@@ -56,7 +56,7 @@ func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (
 	var (
 		rec    ringbuf.Record
 		ev     event.Event
-		offset = wallOffset()
+		offset = WallOffset()
 		lost   = lostCounter{t: t}
 	)
 	rd.SetDeadline(time.Now().Add(drainEvery))
@@ -78,7 +78,7 @@ func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (
 			if err := sink.Idle(); err != nil {
 				return st, err
 			}
-			offset = wallOffset()
+			offset = WallOffset()
 			rd.SetDeadline(time.Now().Add(drainEvery))
 		case errors.Is(err, ringbuf.ErrFlushed):
 			if err := t.emitHeld(offset, sink, &st); err != nil {
@@ -140,9 +140,9 @@ func (l *lostCounter) report(sink Sink, st *Stats) error {
 	return sink.Record(&ev)
 }
 
-// wallOffset converts CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time.
-// It is refreshed on every drain so clock steps do not accumulate.
-func wallOffset() int64 {
+// WallOffset converts CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time
+// (add it). Run refreshes it on every drain so clock steps do not accumulate.
+func WallOffset() int64 {
 	var mono, real unix.Timespec
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &mono)
 	unix.ClockGettime(unix.CLOCK_REALTIME, &real)
