@@ -16,6 +16,7 @@ import (
 	"github.com/tcptrace/tcptrace/internal/cgroup"
 	"github.com/tcptrace/tcptrace/internal/closewait"
 	"github.com/tcptrace/tcptrace/internal/event"
+	"github.com/tcptrace/tcptrace/internal/latency"
 	"github.com/tcptrace/tcptrace/internal/output"
 	"github.com/tcptrace/tcptrace/internal/owner"
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
@@ -100,6 +101,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		pids:      cfg.PIDs,
 		stateMask: cfg.StateMask(),
 	}
+	if cfg.Verbose {
+		p.ages = new(latency.Histogram)
+	}
 	if cfg.CloseWaitAlert > 0 {
 		p.stuck = closewait.NewStuck(cfg.CloseWaitAlert)
 		owners.EachHolder(func(h *owner.Holder) {
@@ -116,6 +120,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Verbose {
 		fmt.Fprintf(stderr, "tcptrace: owner cache: %d sockets after %d scans (%d failed)\n",
 			owners.Tracked(), owners.Scans, owners.ScanErrs)
+		fmt.Fprintf(stderr, "tcptrace: event age at write: p50 <= %v, p99 <= %v, max <= %v (%d events)\n",
+			p.ages.Quantile(0.5), p.ages.Quantile(0.99), p.ages.Quantile(1), p.ages.Count())
 	}
 	return err
 }
@@ -150,8 +156,9 @@ type pipeline struct {
 	stuck     *closewait.Stuck // --close-wait-alert
 	comm      string
 	pids      []uint32
-	stateMask uint32 // --state, when the kernel lets more through for the alert
-	dropped   uint64 // filtered out here
+	stateMask uint32             // --state, when the kernel lets more through for the alert
+	ages      *latency.Histogram // with -v: how old each record is when written
+	dropped   uint64             // filtered out here
 }
 
 func (p *pipeline) Record(e *event.Event) error {
@@ -170,6 +177,9 @@ func (p *pipeline) Record(e *event.Event) error {
 				return nil
 			}
 		}
+	}
+	if p.ages != nil {
+		p.ages.Add(time.Duration(time.Now().UnixNano() - e.Time))
 	}
 	return p.out.Write(e)
 }
