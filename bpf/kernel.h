@@ -88,9 +88,39 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
+typedef struct {
+	int counter;
+} atomic_t;
+
 struct sock {
 	struct sock_common __sk_common;
 	__u16 sk_protocol;
+	atomic_t sk_drops;
+	__u32 sk_ack_backlog;
+	__u32 sk_max_ack_backlog;
+} __attribute__((preserve_access_index));
+
+/* The SYN queue of a listener (connections whose handshake is under way). */
+struct request_sock_queue {
+	atomic_t qlen;
+} __attribute__((preserve_access_index));
+
+struct inet_connection_sock {
+	struct request_sock_queue icsk_accept_queue;
+} __attribute__((preserve_access_index));
+
+struct sk_buff {
+	struct sock *sk;
+	unsigned char *head;
+	__u16 transport_header;
+	__u16 network_header;
+	__be16 protocol;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__bpf_map_elem {
+	struct bpf_iter_meta *meta;
+	void *key;
+	void *value;
 } __attribute__((preserve_access_index));
 
 /* tcp_mstamp: the socket's last send or receive, in microseconds of the

@@ -36,8 +36,11 @@ enum {
 
 volatile const struct config cfg = {};
 
-/* Puts struct sock_fd in BTF, so bpf2go generates its Go type. */
+/* Put these in BTF, so bpf2go generates their Go types. */
 const struct sock_fd *unused_sock_fd __attribute__((unused));
+const struct drop *unused_drop __attribute__((unused));
+const struct listener *unused_listener __attribute__((unused));
+const enum drop_kind *unused_drop_kind __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -90,6 +93,18 @@ struct {
 	__type(value, __u64);
 } exits SEC(".maps");
 
+/*
+ * Per listener: how much of its sk_drops counter has been reported. Drops are
+ * counted from sk_drops (what tcp_listendrop() bumps beside ListenDrops), so
+ * the stream adds up exactly; a drop reported per packet advances it first.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u32);
+} listen_drops SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -132,13 +147,19 @@ static __always_inline void count_lost(void)
 }
 
 /* Wake the reader only when enough data waits; otherwise it drains on a timer. */
-static __always_inline void output(struct event *e)
+static __always_inline void output_record(void *rec, __u64 size)
 {
 	__u64 flags = BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;
-	if (bpf_ringbuf_output(&events, e, sizeof(*e), flags))
+	if (bpf_ringbuf_output(&events, rec, size, flags))
 		count_lost();
+}
+
+static __always_inline void output(struct event *e)
+{
+	if (cfg.emit_states)
+		output_record(e, sizeof(*e));
 }
 
 static __always_inline bool port_wanted(const struct event *e)
@@ -249,6 +270,62 @@ static __always_inline bool change_wanted(int oldstate, int newstate)
 	return (cfg.state_mask & (1u << (newstate & 31))) || (cfg.old_state_mask & (1u << (oldstate & 31)));
 }
 
+/* The listener fields of a drop record; 0 if the socket is not wanted. */
+static __always_inline bool fill_listener(struct drop *d, const struct sock *sk, const struct owner *o)
+{
+	d->family = read_addrs(sk, d->saddr, d->daddr);
+	if (!d->family || (cfg.family && cfg.family != d->family))
+		return false;
+	__builtin_memset(d->daddr, 0, sizeof(d->daddr));
+	d->type = RECORD_DROP;
+	d->skaddr = (__u64)sk;
+	d->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	d->lport = local_port(sk);
+	d->backlog = BPF_CORE_READ(sk, sk_ack_backlog);
+	d->max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	d->syn_queue = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	if (o)
+		d->owner = *o;
+	return true;
+}
+
+static __always_inline bool drop_wanted(const struct drop *d)
+{
+	if (!cfg.emit_drops)
+		return false;
+	if (cfg.filter_pids && d->owner.pid && !bpf_map_lookup_elem(&filter_pids, &d->owner.pid))
+		return false;
+	if (cfg.filter_ports && !bpf_map_lookup_elem(&filter_ports, &d->lport) &&
+	    !(d->rport && bpf_map_lookup_elem(&filter_ports, &d->rport)))
+		return false;
+	return true;
+}
+
+/* Start counting a listener's drops from now (first sight). */
+static __always_inline void watch_listener(const struct sock *sk)
+{
+	__u64 skaddr = (__u64)sk;
+	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
+	bpf_map_update_elem(&listen_drops, &skaddr, &drops, BPF_NOEXIST);
+}
+
+/* Report what sk_drops counted beyond seen, the part already reported. */
+static __always_inline void report_counted_drops(const struct sock *sk, __u32 *seen, const struct owner *o, __u64 now)
+{
+	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
+	/* A per-packet report may be a moment ahead of sk_drops: wait for it. */
+	if ((__s32)(drops - *seen) <= 0)
+		return;
+	struct drop d = {};
+	d.count = drops - *seen;
+	*seen = drops;
+	if (!fill_listener(&d, sk, o) || !drop_wanted(&d))
+		return;
+	d.ts_ns = now;
+	d.kind = DROP_COUNTED;
+	output_record(&d, sizeof(d));
+}
+
 static __always_inline int handle_state(const struct sock *sk, int oldstate, int newstate)
 {
 	if (!is_tcp(sk))
@@ -293,10 +370,18 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 			si->owner.since = now;
 		}
 	}
-	if (newstate == TCP_LISTEN)
+	if (newstate == TCP_LISTEN) {
 		bpf_map_update_elem(&listeners, &lk, &si->owner, BPF_ANY);
-	else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&listen_drops, &skaddr); /* a reused address */
+		watch_listener(sk);
+	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		bpf_map_delete_elem(&listeners, &lk);
+		/* The last drops since the previous poll must not go with it. */
+		__u32 *seen = bpf_map_lookup_elem(&listen_drops, &skaddr);
+		if (seen)
+			report_counted_drops(sk, seen, &si->owner, now);
+		bpf_map_delete_elem(&listen_drops, &skaddr);
+	}
 
 	e.owner = si->owner;
 	e.flags |= owner_flags(&si->owner);
@@ -498,6 +583,8 @@ int scan_socks(struct bpf_iter__task_file *ctx)
 		return 0;
 	h.sk = (__u64)sk;
 	h.state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (h.state == TCP_LISTEN)
+		watch_listener(sk);
 	h.lport = local_port(sk);
 	h.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	h.start_time = BPF_CORE_READ(task, start_time);
@@ -508,5 +595,109 @@ int scan_socks(struct bpf_iter__task_file *ctx)
 	h.owner.cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	BPF_CORE_READ_INTO(&h.owner.comm, task, comm);
 	bpf_seq_write(seq, &h, sizeof(h));
+	return 0;
+}
+
+/*
+ * A packet dropped at a listener whose accept queue was full when the
+ * handshake's final ACK came (SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, 6.15+).
+ * The packet tells who was dropped.
+ */
+static __always_inline int handle_kfree(struct sk_buff *skb, __u32 reason, const struct sock *sk)
+{
+	if (!cfg.reason_listen_overflow || reason != cfg.reason_listen_overflow || !sk || !is_tcp(sk))
+		return 0;
+	/*
+	 * This drop bumped sk_drops twice: tcp_listendrop() (which ListenDrops
+	 * counts too) and the sk_drops_add() of tcp_v4/v6_rcv's discard path
+	 * (measured on 6.18; every kernel with this reason shares the path).
+	 * Reported here as one drop, it must not be counted again by the poll.
+	 */
+	__u64 skaddr = (__u64)sk;
+	__u32 *seen = bpf_map_lookup_elem(&listen_drops, &skaddr);
+	if (seen)
+		__sync_fetch_and_add(seen, 2);
+	else
+		watch_listener(sk); /* its counter already includes this drop */
+
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+	struct drop d = {};
+	if (!fill_listener(&d, sk, si ? &si->owner : NULL))
+		return 0;
+	d.ts_ns = bpf_ktime_get_ns();
+	d.kind = DROP_PACKET;
+	d.count = 1;
+	d.reason = reason;
+
+	/* The client: the packet's source address and port. */
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u16 sport = 0;
+	bpf_probe_read_kernel(&sport, sizeof(sport), head + th);
+	d.rport = bpf_ntohs(sport);
+	if (BPF_CORE_READ(skb, protocol) == bpf_htons(0x86DD)) {
+		bpf_probe_read_kernel(d.daddr, 16, head + nh + 8);
+		if (is_v4_mapped(d.daddr)) {
+			*(__u32 *)d.daddr = *(__u32 *)(d.daddr + 12);
+			__builtin_memset(d.daddr + 4, 0, 12);
+		}
+	} else {
+		bpf_probe_read_kernel(d.daddr, 4, head + nh + 12);
+	}
+	if (drop_wanted(&d))
+		output_record(&d, sizeof(d));
+	return 0;
+}
+
+/* 6.11+: the listener is rx_sk. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_rx_sk, struct sk_buff *skb, void *location, int reason, struct sock *rx_sk)
+{
+	return handle_kfree(skb, reason, rx_sk);
+}
+
+/* 5.17 to 6.10: no rx_sk; the listener is skb->sk when set. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(kfree_skb_sk, struct sk_buff *skb, void *location, int reason)
+{
+	return handle_kfree(skb, reason, BPF_CORE_READ(skb, sk));
+}
+
+/*
+ * Walks the listeners being watched (in every network namespace): reports
+ * the drops sk_drops counted since the last walk (SYNs dropped for a full
+ * queue fire no tracepoint) and, for `tcptrace listeners`, writes one row.
+ */
+SEC("iter/bpf_map_elem")
+int poll_listeners(struct bpf_iter__bpf_map_elem *ctx)
+{
+	__u64 *key = ctx->key;
+	__u32 *seen = ctx->value;
+	if (!key || !seen)
+		return 0;
+	__u64 skaddr = *key;
+	const struct sock *sk = (const struct sock *)skaddr;
+	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
+		return 0;
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+	struct owner *o = si ? &si->owner : NULL;
+	report_counted_drops(sk, seen, o, bpf_ktime_get_ns());
+
+	struct listener l = {};
+	__u8 unused[16];
+	l.family = read_addrs(sk, l.saddr, unused);
+	if (!l.family)
+		return 0;
+	l.skaddr = skaddr;
+	l.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	l.lport = local_port(sk);
+	l.drops = BPF_CORE_READ(sk, sk_drops.counter);
+	l.backlog = BPF_CORE_READ(sk, sk_ack_backlog);
+	l.max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	l.syn_queue = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	if (o)
+		l.owner = *o;
+	bpf_seq_write(ctx->meta->seq, &l, sizeof(l));
 	return 0;
 }

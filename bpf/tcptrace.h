@@ -4,6 +4,14 @@
 
 enum record_type {
 	RECORD_STATE = 1,
+	RECORD_DROP = 2,
+};
+
+enum drop_kind {
+	/* One dropped packet, seen by kfree_skb: reason and client known. */
+	DROP_PACKET = 1,
+	/* The listener's drop counter (sk_drops) grew by count. */
+	DROP_COUNTED = 2,
 };
 
 enum event_flag {
@@ -68,6 +76,41 @@ struct event {
 	struct owner owner;
 };
 
+/* Drops at a listener. type sits where struct event has it. */
+struct drop {
+	__u64 ts_ns;     /* CLOCK_MONOTONIC */
+	__u64 skaddr;    /* the listener */
+	__u32 count;     /* drops this record stands for */
+	__u32 reason;    /* enum skb_drop_reason of the running kernel (DROP_PACKET) */
+	enum record_type type;
+	__u32 netns;
+	__u32 backlog;   /* accept queue length */
+	__u32 max_backlog;
+	__u32 syn_queue; /* handshakes under way */
+	__u16 family;
+	__u16 lport;
+	__u16 rport;     /* the client's, for DROP_PACKET */
+	__u8 kind;       /* enum drop_kind */
+	__u8 pad[5];
+	__u8 saddr[16];  /* the listener's address */
+	__u8 daddr[16];  /* the client's, for DROP_PACKET */
+	struct owner owner;
+};
+
+/* One listening socket, as `tcptrace listeners` shows it. */
+struct listener {
+	__u64 skaddr;
+	__u32 netns;
+	__u32 drops;     /* sk_drops: every drop since listen() */
+	__u32 backlog;
+	__u32 max_backlog;
+	__u32 syn_queue;
+	__u16 family;
+	__u16 lport;
+	__u8 saddr[16];
+	struct owner owner;
+};
+
 /* Set by the loader before load (volatile const: the verifier prunes dead filters). */
 struct config {
 	__u32 state_mask;   /* bit n: report changes into state n */
@@ -76,4 +119,7 @@ struct config {
 	__u16 family;       /* 0 for both, else AF_INET or AF_INET6 */
 	__u8 filter_pids;   /* consult the filter_pids map */
 	__u8 filter_ports;  /* consult the filter_ports map (local or remote port) */
+	__u8 emit_states;   /* send state changes (--events states) */
+	__u8 emit_drops;    /* send drops (--events drops) */
+	__u32 reason_listen_overflow; /* SKB_DROP_REASON_TCP_LISTEN_OVERFLOW here, 0 if none */
 };

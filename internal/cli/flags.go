@@ -33,6 +33,11 @@ type Config struct {
 	Family   int // 0, 4 or 6
 	Duration time.Duration
 	RingSize uint32
+	// Events selects the record kinds: states and/or drops.
+	EmitStates, EmitDrops bool
+	// DropRate is how many per-packet drop records a listener may send per
+	// second before they fold into one summary per second.
+	DropRate int
 	// CloseWaitAlert, when set, adds a close_wait_stuck record for every
 	// socket that sits in CLOSE_WAIT this long.
 	CloseWaitAlert time.Duration
@@ -69,6 +74,8 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
+	fs.StringSliceVar(&raw.events, "events", []string{"states", "drops"}, "record kinds: states, drops")
+	fs.IntVar(&c.DropRate, "drop-rate", 50, "per-packet drop records per listener per second before they fold into a summary")
 	fs.DurationVar(&c.CloseWaitAlert, "close-wait-alert", 0, "report each socket stuck in CLOSE_WAIT this long (a close_wait_stuck record)")
 	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts")
 	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached and why others are not")
@@ -81,9 +88,9 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 }
 
 type rawFlags struct {
-	output, ringSize    string
-	pids, ports, states []string
-	v4, v6              bool
+	output, ringSize            string
+	pids, ports, states, events []string
+	v4, v6                      bool
 }
 
 // Parse reads args (without the program name) into a Config.
@@ -130,6 +137,19 @@ func Parse(args []string) (*Config, error) {
 	}
 	if c.Duration < 0 || fs.Changed("duration") && c.Duration == 0 {
 		return nil, usagef("invalid --duration %v: want a positive duration such as 30s", c.Duration)
+	}
+	for _, ev := range raw.events {
+		switch strings.TrimSpace(ev) {
+		case "states":
+			c.EmitStates = true
+		case "drops":
+			c.EmitDrops = true
+		default:
+			return nil, usagef("invalid --events %q: want states and/or drops", ev)
+		}
+	}
+	if c.DropRate < 1 {
+		return nil, usagef("invalid --drop-rate %d: want at least 1", c.DropRate)
 	}
 	if c.RingSize, err = parseSize(raw.ringSize); err != nil {
 		return nil, usagef("invalid --ring-size %q: %v", raw.ringSize, err)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tcptrace/tcptrace/internal/cgroup"
 	"github.com/tcptrace/tcptrace/internal/closewait"
+	"github.com/tcptrace/tcptrace/internal/dropfold"
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/latency"
 	"github.com/tcptrace/tcptrace/internal/output"
@@ -40,6 +41,11 @@ func Version() string {
 // drainEvery bounds how long a record waits in the ring buffer when the
 // kernel skipped the wake-up: the stream's latency budget.
 const drainEvery = 20 * time.Millisecond
+
+// listenerPollEvery is how often listeners' drop counters are read: SYNs
+// dropped for a full queue fire no tracepoint, so their records come at most
+// this late. Every walk costs a pass over all TCP sockets.
+const listenerPollEvery = 250 * time.Millisecond
 
 // Run parses args and streams until ctx ends, --duration passes, or an error.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -74,11 +80,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		RingBytes:    cfg.RingSize,
 		StateHook:    cfg.StateHook,
 		MountTracefs: !cfg.NoMountTracefs,
+		EmitStates:   cfg.EmitStates,
+		EmitDrops:    cfg.EmitDrops,
 	}, cfg.Verbose, stderr)
 	if err != nil {
 		return err
 	}
 	defer tr.Close()
+	// The first walk takes each listener's drop counter as its starting point.
+	if err := tr.PollListeners(nil); err != nil && !errors.Is(err, tracer.ErrNoListenerWalk) {
+		return err
+	}
 	owners := owner.NewResolver(tr, cgroup.NewNames())
 	start, startMono := time.Now(), tracer.Mono()
 	if err := owners.Snapshot(startMono); err != nil && !errors.Is(err, tracer.ErrNoScan) {
@@ -112,7 +124,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			}
 		})
 	}
-	st, err := tr.Run(ctx, drainEvery, p)
+	var pollEvery time.Duration
+	if cfg.EmitDrops {
+		pollEvery = listenerPollEvery
+		p.folder = dropfold.New(cfg.DropRate)
+	}
+	st, err := tr.RunPolling(ctx, drainEvery, pollEvery, p)
+	if err == nil && p.folder != nil {
+		if err = p.folder.Flush(0, true, p.out.Write); err == nil {
+			err = p.out.Flush()
+		}
+	}
 	if cerr := tr.Close(); err == nil {
 		err = cerr
 	}
@@ -154,6 +176,7 @@ type pipeline struct {
 	out       *output.Writer
 	owners    *owner.Resolver
 	stuck     *closewait.Stuck // --close-wait-alert
+	folder    *dropfold.Folder // --drop-rate
 	comm      string
 	pids      []uint32
 	stateMask uint32             // --state, when the kernel lets more through for the alert
@@ -162,6 +185,14 @@ type pipeline struct {
 }
 
 func (p *pipeline) Record(e *event.Event) error {
+	if e.Kind == event.KindDrop {
+		if p.owners != nil {
+			p.owners.Enrich(e, tracer.Mono)
+		}
+		if !p.wanted(e) || (p.folder != nil && !p.folder.Take(e)) {
+			return nil
+		}
+	}
 	if e.Kind == event.KindState {
 		if p.owners != nil {
 			p.owners.Enrich(e, tracer.Mono)
@@ -214,6 +245,11 @@ func (p *pipeline) wanted(e *event.Event) bool {
 }
 
 func (p *pipeline) Idle() error {
+	if p.folder != nil {
+		if err := p.folder.Flush(tracer.Mono(), false, p.out.Write); err != nil {
+			return err
+		}
+	}
 	if p.stuck != nil {
 		if err := p.stuck.Due(tracer.Mono(), tracer.WallOffset(), p.out.Write); err != nil {
 			return err

@@ -15,27 +15,29 @@ import (
 
 // record is one JSON line of tcptrace's stream (the output contract).
 type record struct {
-	Type       string   `json:"type"`
-	Time       string   `json:"time"`
-	PID        int      `json:"pid"`
-	Comm       string   `json:"comm"`
-	UID        *int     `json:"uid"`
-	Family     string   `json:"family"`
-	LAddr      string   `json:"laddr"`
-	LPort      uint16   `json:"lport"`
-	RAddr      string   `json:"raddr"`
-	RPort      uint16   `json:"rport"`
-	OldState   string   `json:"old_state"`
-	NewState   string   `json:"new_state"`
-	InStateMS  *float64 `json:"in_state_ms"`
-	PIDs       []int    `json:"pids"`
-	Cgroup     *string  `json:"cgroup"`
-	Exited     bool     `json:"owner_exited"`
-	NetNS      uint32   `json:"netns"`
-	Sock       string   `json:"sock"`
-	Count      uint64   `json:"count"`
-	AgeSeconds *float64 `json:"age_seconds"`
-	AgeAtLeast *float64 `json:"age_at_least_seconds"`
+	Type         string   `json:"type"`
+	Time         string   `json:"time"`
+	PID          int      `json:"pid"`
+	Comm         string   `json:"comm"`
+	UID          *int     `json:"uid"`
+	Family       string   `json:"family"`
+	LAddr        string   `json:"laddr"`
+	LPort        uint16   `json:"lport"`
+	RAddr        string   `json:"raddr"`
+	RPort        uint16   `json:"rport"`
+	OldState     string   `json:"old_state"`
+	NewState     string   `json:"new_state"`
+	InStateMS    *float64 `json:"in_state_ms"`
+	PIDs         []int    `json:"pids"`
+	Cgroup       *string  `json:"cgroup"`
+	Exited       bool     `json:"owner_exited"`
+	NetNS        uint32   `json:"netns"`
+	Sock         string   `json:"sock"`
+	Count        uint64   `json:"count"`
+	Reason       string   `json:"reason"`
+	KernelReason *string  `json:"kernel_reason"`
+	AgeSeconds   *float64 `json:"age_seconds"`
+	AgeAtLeast   *float64 `json:"age_at_least_seconds"`
 }
 
 // tracerProc is a running tcptrace (the test binary in the tcptrace role).

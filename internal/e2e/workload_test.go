@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"runtime"
@@ -40,6 +41,27 @@ func runWorkload(role string, args []string) error {
 		}
 	}
 	switch role {
+	case "backlog1":
+		// A listener with backlog 1 that never accepts.
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if err != nil {
+			return err
+		}
+		ap, _ := netip.ParseAddrPort(*addr)
+		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+			return err
+		}
+		if err := syscall.Listen(fd, 1); err != nil {
+			return err
+		}
+		fmt.Println("listening")
+		waitLine(in, "close")
+		syscall.Close(fd)
+		fmt.Println("closed")
+		waitLine(in, "exit") // stay, so the test can read this namespace's counters
+		return nil
+	case "overflow":
+		return runOverflow(*addr, *count)
 	case "leaker":
 		return runLeaker(in, *network, *addr, *count)
 	case "clients":
@@ -275,6 +297,70 @@ func (p *pair) run(t *testing.T) {
 	p.server.expect("closed")
 	p.client.wait()
 	p.server.wait()
+}
+
+// runOverflow overflows a listener with backlog 1: a few clients whose final
+// ACK the kernel delays (TCP_DEFER_ACCEPT on a client socket holds it back
+// ~200 ms) get their SYNs in first; two plain connections then fill the
+// accept queue, so the delayed ACKs overflow it (TCP_LISTEN_OVERFLOW); then n
+// more SYNs are dropped on arrival, and retried, for a few seconds.
+func runOverflow(addr string, n int) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	sa := &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	connect := func(deferACK bool) (int, error) {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
+		if err != nil {
+			return -1, err
+		}
+		if deferACK {
+			if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, 1); err != nil {
+				return -1, err
+			}
+		}
+		if err := syscall.Connect(fd, sa); err != nil && err != syscall.EINPROGRESS {
+			return -1, err
+		}
+		return fd, nil
+	}
+	var fds, deferred []int
+	for i := 0; i < 3; i++ {
+		fd, err := connect(true)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+		deferred = append(deferred, fd)
+	}
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp4", addr)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+	}
+	for i := 0; i < n; i++ {
+		fd, err := connect(false)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+	}
+	var ports []string
+	for _, fd := range deferred {
+		if sa, err := syscall.Getsockname(fd); err == nil {
+			ports = append(ports, strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+		}
+	}
+	fmt.Printf("deferred %s\n", strings.Join(ports, ","))
+	time.Sleep(3500 * time.Millisecond) // SYN and SYN-ACK retries at 1 s and 3 s
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
+	fmt.Println("done")
+	return nil
 }
 
 // runLeaker accepts n connections and, like a leaking server, never closes

@@ -21,6 +21,9 @@ const (
 	// KindCloseWaitStuck: a socket has sat in CLOSE_WAIT for the alert's
 	// duration; InState is its age (a lower bound unless InStateKnown).
 	KindCloseWaitStuck
+	// KindDrop: Count connection attempts dropped at the listener
+	// LAddr:LPort (Sock); RAddr:RPort is the client when ClientKnown.
+	KindDrop
 )
 
 // Family is the address family shown to the user (v4-mapped IPv6 is IPv4).
@@ -78,6 +81,32 @@ type Event struct {
 
 	// Lost is the number of records lost since the previous lost record (KindLost).
 	Lost uint64
+
+	// Drops (KindDrop).
+	Drop Drop
+}
+
+// Drop describes drops at a listener.
+type Drop struct {
+	// Reason is accept_queue_full, syn_queue_full, listen_drop (the listener
+	// counted a drop whose cause its queues no longer show), or the kernel's
+	// drop-reason name in lower case.
+	Reason string
+	// KernelReason is the kernel's skb_drop_reason name, when a packet was seen.
+	KernelReason string
+	Count        uint64
+	Backlog      uint32 // accept queue length
+	MaxBacklog   uint32
+	SynQueue     uint32 // handshakes under way
+	ClientKnown  bool
+	// TopClients, for a summary of folded per-packet drops: most frequent first.
+	TopClients []ClientCount
+}
+
+// ClientCount is a dropped client address and how often it was dropped.
+type ClientCount struct {
+	Addr  netip.Addr
+	Count uint64
 }
 
 // OwnerKnown reports whether the event names the socket's owner.

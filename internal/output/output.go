@@ -103,6 +103,9 @@ func AppendText(b []byte, e *event.Event, loc *time.Location) []byte {
 		b = append(b, " records: the ring buffer was full\n"...)
 		return b
 	}
+	if e.Kind == event.KindDrop {
+		return appendDropText(b, e)
+	}
 	stuck := e.Kind == event.KindCloseWaitStuck
 	start := len(b)
 	if e.OwnerKnown() {
@@ -190,6 +193,9 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 		b = strconv.AppendUint(b, e.Lost, 10)
 		return append(b, "}\n"...)
 	}
+	if e.Kind == event.KindDrop {
+		return appendDropJSON(b, e)
+	}
 	if e.Kind == event.KindCloseWaitStuck {
 		b = append(b, `{"type":"close_wait_stuck","time":"`...)
 	} else {
@@ -232,6 +238,119 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 		} else {
 			b = append(b, "null"...)
 		}
+	}
+	b = append(b, `,"netns":`...)
+	b = strconv.AppendUint(b, uint64(e.NetNS), 10)
+	b = append(b, `,"sock":"`...)
+	b = strconv.AppendUint(b, e.Sock, 16)
+	return append(b, "\"}\n"...)
+}
+
+// appendDropText writes a line that stands out in the stream, e.g.
+// "DROP accept queue full (129/128) 10.0.0.5:3000 <- 10.0.0.9:51234 node 4242".
+func appendDropText(b []byte, e *event.Event) []byte {
+	d := &e.Drop
+	b = append(b, "DROP "...)
+	if d.Count != 1 {
+		b = strconv.AppendUint(b, d.Count, 10)
+		b = append(b, "x "...)
+	}
+	for _, c := range []byte(d.Reason) {
+		if c == '_' {
+			c = ' '
+		}
+		b = append(b, c)
+	}
+	b = append(b, " ("...)
+	b = strconv.AppendUint(b, uint64(d.Backlog), 10)
+	b = append(b, '/')
+	b = strconv.AppendUint(b, uint64(d.MaxBacklog), 10)
+	b = append(b, ", syn queue "...)
+	b = strconv.AppendUint(b, uint64(d.SynQueue), 10)
+	b = append(b, ") "...)
+	b = appendAddrPort(b, e.LAddr.AppendTo, e.Family, e.LPort)
+	b = append(b, " <- "...)
+	switch {
+	case d.ClientKnown:
+		b = appendAddrPort(b, e.RAddr.AppendTo, e.Family, e.RPort)
+	case len(d.TopClients) > 0:
+		for i, c := range d.TopClients {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = c.Addr.AppendTo(b)
+			b = append(b, '(')
+			b = strconv.AppendUint(b, c.Count, 10)
+			b = append(b, ')')
+		}
+	default:
+		b = append(b, '?')
+	}
+	b = append(b, ' ')
+	if e.OwnerKnown() {
+		b = AppendPrintable(b, e.CommBytes())
+		b = append(b, ' ')
+		b = strconv.AppendUint(b, uint64(e.PID), 10)
+	} else {
+		b = append(b, "? -"...)
+	}
+	return append(b, '\n')
+}
+
+// appendDropJSON writes a drop record; raddr and rport are null when the
+// kernel path did not show the client.
+func appendDropJSON(b []byte, e *event.Event) []byte {
+	d := &e.Drop
+	b = append(b, `{"type":"drop","time":"`...)
+	b = time.Unix(0, e.Time).UTC().AppendFormat(b, jsonTime)
+	b = append(b, `","reason":"`...)
+	b = append(b, d.Reason...)
+	b = append(b, `","kernel_reason":`...)
+	if d.KernelReason != "" {
+		b = AppendJSONString(b, []byte(d.KernelReason))
+	} else {
+		b = append(b, "null"...)
+	}
+	b = append(b, `,"count":`...)
+	b = strconv.AppendUint(b, d.Count, 10)
+	b = append(b, `,"pid":`...)
+	b = strconv.AppendUint(b, uint64(e.PID), 10)
+	b = append(b, `,"comm":`...)
+	b = AppendJSONString(b, e.CommBytes())
+	b = appendOwner(b, e)
+	b = append(b, `,"family":"`...)
+	b = append(b, e.Family.String()...)
+	b = append(b, `","laddr":"`...)
+	b = e.LAddr.AppendTo(b)
+	b = append(b, `","lport":`...)
+	b = strconv.AppendUint(b, uint64(e.LPort), 10)
+	if d.ClientKnown {
+		b = append(b, `,"raddr":"`...)
+		b = e.RAddr.AppendTo(b)
+		b = append(b, `","rport":`...)
+		b = strconv.AppendUint(b, uint64(e.RPort), 10)
+	} else {
+		b = append(b, `,"raddr":null,"rport":null`...)
+	}
+	b = append(b, `,"backlog":`...)
+	b = strconv.AppendUint(b, uint64(d.Backlog), 10)
+	b = append(b, `,"max_backlog":`...)
+	b = strconv.AppendUint(b, uint64(d.MaxBacklog), 10)
+	b = append(b, `,"syn_queue":`...)
+	b = strconv.AppendUint(b, uint64(d.SynQueue), 10)
+	if d.TopClients != nil {
+		b = append(b, `,"top_clients":[`...)
+		for i, c := range d.TopClients {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"raddr":"`...)
+			b = c.Addr.AppendTo(b)
+			b = append(b, `","count":`...)
+			b = strconv.AppendUint(b, c.Count, 10)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
 	}
 	b = append(b, `,"netns":`...)
 	b = strconv.AppendUint(b, uint64(e.NetNS), 10)

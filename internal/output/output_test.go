@@ -235,3 +235,52 @@ func BenchmarkAppendText(b *testing.B) {
 		buf = AppendText(buf[:0], e, time.UTC)
 	}
 }
+
+func dropSample() *event.Event {
+	e := sample()
+	e.Kind = event.KindDrop
+	e.LAddr, e.LPort = netip.MustParseAddr("10.0.0.5"), 3000
+	e.RAddr, e.RPort = netip.MustParseAddr("10.0.0.9"), 51234
+	e.Drop = event.Drop{Reason: "accept_queue_full", KernelReason: "tcp_listen_overflow", Count: 1,
+		Backlog: 129, MaxBacklog: 128, SynQueue: 3, ClientKnown: true}
+	return e
+}
+
+func TestDropText(t *testing.T) {
+	line := string(AppendText(nil, dropSample(), time.UTC))
+	want := "04:33:18.123 DROP accept queue full (129/128, syn queue 3) 10.0.0.5:3000 <- 10.0.0.9:51234 node 2329\n"
+	if line != want {
+		t.Fatalf("got\n%q\nwant\n%q", line, want)
+	}
+	e := dropSample()
+	e.Drop.Count, e.Drop.ClientKnown = 12, false
+	if line := string(AppendText(nil, e, time.UTC)); !strings.Contains(line, "DROP 12x accept queue full") || !strings.Contains(line, "<- ? node") {
+		t.Fatalf("counted: %q", line)
+	}
+}
+
+func TestDropJSON(t *testing.T) {
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, dropSample()), &m); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"type": "drop", "reason": "accept_queue_full", "kernel_reason": "tcp_listen_overflow",
+		"count": 1.0, "pid": 2329.0, "comm": "node", "laddr": "10.0.0.5", "lport": 3000.0, "raddr": "10.0.0.9",
+		"rport": 51234.0, "backlog": 129.0, "max_backlog": 128.0, "syn_queue": 3.0}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %#v, want %#v", k, m[k], v)
+		}
+	}
+	e := dropSample()
+	e.Drop.ClientKnown, e.Drop.KernelReason, e.Drop.Count = false, "", 7
+	e.Drop.TopClients = []event.ClientCount{{Addr: netip.MustParseAddr("10.0.0.9"), Count: 5}}
+	m = nil
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["raddr"] != nil || m["rport"] != nil || m["kernel_reason"] != nil || m["count"] != 7.0 ||
+		fmt.Sprint(m["top_clients"]) != "[map[count:5 raddr:10.0.0.9]]" {
+		t.Fatalf("counted: %v", m)
+	}
+}

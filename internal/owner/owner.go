@@ -172,7 +172,7 @@ const maxUnheld = 1 << 16
 // Enrich settles e's owner and fills the holder list and cgroup path. mono
 // is the kernel's current CLOCK_MONOTONIC time, used to date a new scan.
 func (r *Resolver) Enrich(e *event.Event, mono func() uint64) {
-	if e.Kind != event.KindState {
+	if e.Kind != event.KindState && e.Kind != event.KindDrop {
 		return
 	}
 	if (!e.OwnerKnown() || e.OwnerUnverified) && !r.unheld[e.Sock] {
@@ -207,7 +207,7 @@ func (r *Resolver) Enrich(e *event.Event, mono func() uint64) {
 	if r.cgroups != nil && e.OwnerKnown() {
 		e.CgroupPath = r.cgroups.Path(e.Cgroup)
 	}
-	if e.NewState == tcpstate.Close { // the socket is done; its address may be reused
+	if e.Kind == event.KindState && e.NewState == tcpstate.Close { // the socket is done; its address may be reused
 		delete(r.holders, e.Sock)
 		delete(r.pids, e.Sock)
 		delete(r.pushed, e.Sock)

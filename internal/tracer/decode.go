@@ -17,20 +17,34 @@ const (
 )
 
 // rawEventSize is the size of struct event; a shorter sample is rejected.
-const rawEventSize = int(unsafe.Sizeof(tcptraceEvent{}))
+const (
+	rawEventSize = int(unsafe.Sizeof(tcptraceEvent{}))
+	rawDropSize  = int(unsafe.Sizeof(tcptraceDrop{}))
+	typeOffset   = int(unsafe.Offsetof(tcptraceEvent{}.Type))
+)
+
+// Both record types keep their type field at the same offset.
+var _ = [1]struct{}{}[typeOffset-int(unsafe.Offsetof(tcptraceDrop{}.Type))]
 
 var errShortSample = errors.New("ring buffer sample shorter than struct event")
 
 // decode fills ev from one ring-buffer sample without allocating. wallOffset
 // converts the kernel's CLOCK_MONOTONIC timestamp to wall-clock time.
-func decode(raw []byte, wallOffset int64, ev *event.Event) error {
+func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event) error {
+	if len(raw) < typeOffset+4 {
+		return fmt.Errorf("%w: %d bytes", errShortSample, len(raw))
+	}
+	switch tcptraceRecordType(*(*uint32)(unsafe.Pointer(&raw[typeOffset]))) {
+	case tcptraceRecordTypeRECORD_STATE:
+	case tcptraceRecordTypeRECORD_DROP:
+		return decodeDrop(raw, wallOffset, reasons, ev)
+	default:
+		return fmt.Errorf("unknown record type %d", *(*uint32)(unsafe.Pointer(&raw[typeOffset])))
+	}
 	if len(raw) < rawEventSize {
 		return fmt.Errorf("%w: %d < %d bytes", errShortSample, len(raw), rawEventSize)
 	}
 	r := (*tcptraceEvent)(unsafe.Pointer(&raw[0]))
-	if r.Type != tcptraceRecordTypeRECORD_STATE {
-		return fmt.Errorf("unknown record type %d", r.Type)
-	}
 	*ev = event.Event{
 		Kind:     event.KindState,
 		Time:     int64(r.TsNs) + wallOffset,
@@ -54,17 +68,72 @@ func decode(raw []byte, wallOffset int64, ev *event.Event) error {
 		ev.InState = time.Duration(r.InStateNs)
 		ev.InStateKnown = true
 	}
-	switch r.Family {
+	return decodeAddrs(r.Family, &r.Saddr, &r.Daddr, ev)
+}
+
+func decodeAddrs(family uint16, saddr, daddr *[16]byte, ev *event.Event) error {
+	switch family {
 	case afInet:
 		ev.Family = event.IPv4
-		ev.LAddr = netip.AddrFrom4([4]byte(r.Saddr[:4]))
-		ev.RAddr = netip.AddrFrom4([4]byte(r.Daddr[:4]))
+		ev.LAddr = netip.AddrFrom4([4]byte(saddr[:4]))
+		ev.RAddr = netip.AddrFrom4([4]byte(daddr[:4]))
 	case afInet6:
 		ev.Family = event.IPv6
-		ev.LAddr = netip.AddrFrom16(r.Saddr)
-		ev.RAddr = netip.AddrFrom16(r.Daddr)
+		ev.LAddr = netip.AddrFrom16(*saddr)
+		ev.RAddr = netip.AddrFrom16(*daddr)
 	default:
-		return fmt.Errorf("unknown address family %d", r.Family)
+		return fmt.Errorf("unknown address family %d", family)
 	}
 	return nil
+}
+
+func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event) error {
+	if len(raw) < rawDropSize {
+		return fmt.Errorf("%w: %d < %d bytes", errShortSample, len(raw), rawDropSize)
+	}
+	r := (*tcptraceDrop)(unsafe.Pointer(&raw[0]))
+	*ev = event.Event{
+		Kind:  event.KindDrop,
+		Time:  int64(r.TsNs) + wallOffset,
+		Mono:  r.TsNs,
+		Sock:  r.Skaddr,
+		NetNS: r.Netns,
+		LPort: r.Lport,
+		RPort: r.Rport,
+		PID:   r.Owner.Pid,
+		UID:   r.Owner.Uid,
+		Comm:  r.Owner.Comm,
+		Drop: event.Drop{
+			Count:       uint64(r.Count),
+			Backlog:     r.Backlog,
+			MaxBacklog:  r.MaxBacklog,
+			SynQueue:    r.SynQueue,
+			ClientKnown: tcptraceDropKind(r.Kind) == tcptraceDropKindDROP_PACKET,
+		},
+	}
+	ev.Cgroup = r.Owner.Cgroup
+	if ev.Drop.ClientKnown {
+		ev.Drop.KernelReason = reasons.name(r.Reason)
+		if r.Reason == reasons.listenOverflow {
+			ev.Drop.Reason = "accept_queue_full"
+		} else {
+			ev.Drop.Reason = ev.Drop.KernelReason
+		}
+	} else {
+		ev.Drop.Reason = reasonFromQueues(r.Backlog, r.MaxBacklog, r.SynQueue)
+	}
+	return decodeAddrs(r.Family, &r.Saddr, &r.Daddr, ev)
+}
+
+// reasonFromQueues names a counted drop by the listener's queues when it was
+// counted: the kernel drops a SYN when the accept queue is full (more than
+// max waiting) or, without syncookies, when the SYN queue is.
+func reasonFromQueues(backlog, max, synq uint32) string {
+	switch {
+	case backlog > max:
+		return "accept_queue_full"
+	case synq >= max && max > 0:
+		return "syn_queue_full"
+	}
+	return "listen_drop"
 }

@@ -29,7 +29,7 @@ func v4Sample() *tcptraceEvent {
 
 func TestDecodeIPv4(t *testing.T) {
 	var ev event.Event
-	if err := decode(rawOf(v4Sample()), 5000, &ev); err != nil {
+	if err := decode(rawOf(v4Sample()), 5000, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
 	if ev.Kind != event.KindState || ev.Time != 6000 || ev.Mono != 1000 || ev.PID != 42 || ev.UID != 7 ||
@@ -58,7 +58,7 @@ func TestDecodeIPv6AndUnknownInState(t *testing.T) {
 	r.Saddr = [16]byte{15: 1}
 	r.Daddr = [16]byte{0x20, 0x01, 0x0d, 0xb8, 15: 7}
 	var ev event.Event
-	if err := decode(rawOf(r), 0, &ev); err != nil {
+	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
 	if ev.Family != event.IPv6 || ev.LAddr.String() != "::1" || ev.RAddr.String() != "2001:db8::7" {
@@ -73,7 +73,7 @@ func TestDecodeOwnerFlags(t *testing.T) {
 	var ev event.Event
 	r := v4Sample()
 	r.Flags |= tcptraceEventFlagEVENT_OWNER_EXITED | tcptraceEventFlagEVENT_OWNER_UNVERIFIED
-	if err := decode(rawOf(r), 0, &ev); err != nil {
+	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
 	if !ev.OwnerExited || !ev.OwnerUnverified || !ev.OwnerKnown() {
@@ -81,7 +81,7 @@ func TestDecodeOwnerFlags(t *testing.T) {
 	}
 	r = v4Sample()
 	r.Flags |= tcptraceEventFlagEVENT_OWNER_UNKNOWN
-	if err := decode(rawOf(r), 0, &ev); err != nil {
+	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
 	if ev.OwnerKnown() || ev.PID != 0 || len(ev.CommBytes()) != 0 {
@@ -91,17 +91,17 @@ func TestDecodeOwnerFlags(t *testing.T) {
 
 func TestDecodeRejectsShortAndUnknown(t *testing.T) {
 	var ev event.Event
-	if err := decode(rawOf(v4Sample())[:rawEventSize-1], 0, &ev); !errors.Is(err, errShortSample) {
+	if err := decode(rawOf(v4Sample())[:rawEventSize-1], 0, testReasons, &ev); !errors.Is(err, errShortSample) {
 		t.Fatalf("short sample: %v", err)
 	}
 	r := v4Sample()
 	r.Type = 99
-	if err := decode(rawOf(r), 0, &ev); err == nil {
+	if err := decode(rawOf(r), 0, testReasons, &ev); err == nil {
 		t.Fatal("unknown type accepted")
 	}
 	r = v4Sample()
 	r.Family = 1
-	if err := decode(rawOf(r), 0, &ev); err == nil {
+	if err := decode(rawOf(r), 0, testReasons, &ev); err == nil {
 		t.Fatal("unknown family accepted")
 	}
 }
@@ -111,8 +111,51 @@ func BenchmarkDecode(b *testing.B) {
 	var ev event.Event
 	b.ReportAllocs()
 	for i := 0; i < b.N; i++ {
-		if err := decode(raw, 0, &ev); err != nil {
+		if err := decode(raw, 0, testReasons, &ev); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+var testReasons = &dropReasons{names: map[uint32]string{2: "not_specified", 40: "tcp_listen_overflow"}, listenOverflow: 40}
+
+func dropRaw(r *tcptraceDrop) []byte {
+	return unsafe.Slice((*byte)(unsafe.Pointer(r)), rawDropSize)
+}
+
+func TestDecodeDrops(t *testing.T) {
+	r := &tcptraceDrop{TsNs: 10, Skaddr: 0xabc, Count: 1, Reason: 40, Type: tcptraceRecordTypeRECORD_DROP,
+		Netns: 7, Backlog: 2, MaxBacklog: 1, Family: afInet, Lport: 3000, Rport: 51234,
+		Kind: uint8(tcptraceDropKindDROP_PACKET), Owner: tcptraceOwner{Pid: 4242}}
+	copy(r.Saddr[:], []byte{10, 0, 0, 5})
+	copy(r.Daddr[:], []byte{10, 0, 0, 9})
+	var ev event.Event
+	if err := decode(dropRaw(r), 0, testReasons, &ev); err != nil {
+		t.Fatal(err)
+	}
+	d := ev.Drop
+	if ev.Kind != event.KindDrop || d.Reason != "accept_queue_full" || d.KernelReason != "tcp_listen_overflow" ||
+		d.Count != 1 || !d.ClientKnown || ev.PID != 4242 || ev.LPort != 3000 || ev.RAddr.String() != "10.0.0.9" ||
+		d.Backlog != 2 || d.MaxBacklog != 1 {
+		t.Fatalf("packet drop: %+v", ev)
+	}
+	// A counted drop is named by the listener's queues.
+	for _, tc := range []struct {
+		backlog, max, synq uint32
+		want               string
+	}{{2, 1, 0, "accept_queue_full"}, {0, 4, 4, "syn_queue_full"}, {0, 4, 1, "listen_drop"}} {
+		r = &tcptraceDrop{Type: tcptraceRecordTypeRECORD_DROP, Count: 5, Family: afInet, Kind: uint8(tcptraceDropKindDROP_COUNTED),
+			Backlog: tc.backlog, MaxBacklog: tc.max, SynQueue: tc.synq}
+		if err := decode(dropRaw(r), 0, testReasons, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Drop.Reason != tc.want || ev.Drop.ClientKnown || ev.Drop.Count != 5 {
+			t.Errorf("queues %d/%d syn %d: %+v, want %s", tc.backlog, tc.max, tc.synq, ev.Drop, tc.want)
+		}
+	}
+	// An unknown kernel reason number still gets a name, never a guess.
+	r = &tcptraceDrop{Type: tcptraceRecordTypeRECORD_DROP, Count: 1, Reason: 99, Family: afInet, Kind: uint8(tcptraceDropKindDROP_PACKET)}
+	if err := decode(dropRaw(r), 0, testReasons, &ev); err != nil || ev.Drop.Reason != "unknown" {
+		t.Fatalf("unknown reason: %v %+v", err, ev.Drop)
 	}
 }

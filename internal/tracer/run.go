@@ -34,6 +34,12 @@ type Stats struct {
 // lost count, and returns. drainEvery bounds how long a record can wait in
 // the ring buffer when the kernel side skips the wake-up.
 func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (Stats, error) {
+	return t.RunPolling(ctx, drainEvery, 0, sink)
+}
+
+// RunPolling is Run that also walks the listeners every pollEvery (0: never)
+// and once more at the end, so drops counted up to the last moment are sent.
+func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Duration, sink Sink) (Stats, error) {
 	var st Stats
 	rd, err := ringbuf.NewReader(t.maps.Maps["events"])
 	if err != nil {
@@ -46,7 +52,10 @@ func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (
 	go func() {
 		select {
 		case <-ctx.Done():
-			// Stop the producers first, then let the reader drain the rest.
+			// Count the last drops, stop the producers, then drain the rest.
+			if pollEvery > 0 {
+				t.PollListeners(nil)
+			}
 			t.Detach()
 			rd.Flush()
 		case <-stopped:
@@ -58,13 +67,14 @@ func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (
 		ev     event.Event
 		offset = WallOffset()
 		lost   = lostCounter{t: t}
+		polled = time.Now()
 	)
 	rd.SetDeadline(time.Now().Add(drainEvery))
 	for {
 		err := rd.ReadInto(&rec)
 		switch {
 		case err == nil:
-			if err := decode(rec.RawSample, offset, &ev); err != nil {
+			if err := decode(rec.RawSample, offset, t.reasons, &ev); err != nil {
 				return st, err
 			}
 			st.Events++
@@ -72,6 +82,12 @@ func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (
 				return st, err
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
+			if pollEvery > 0 && time.Since(polled) >= pollEvery {
+				polled = time.Now()
+				if err := t.PollListeners(nil); err != nil && !errors.Is(err, ErrNoListenerWalk) {
+					return st, err
+				}
+			}
 			if err := lost.report(sink, &st); err != nil {
 				return st, err
 			}
@@ -104,7 +120,7 @@ func (t *Tracer) emitHeld(offset int64, sink Sink, st *Stats) error {
 	)
 	it := t.maps.Maps["pending_connects"].Iterate()
 	for it.Next(&key, &raw) {
-		if err := decode(unsafe.Slice((*byte)(unsafe.Pointer(&raw)), rawEventSize), offset, &ev); err != nil {
+		if err := decode(unsafe.Slice((*byte)(unsafe.Pointer(&raw)), rawEventSize), offset, t.reasons, &ev); err != nil {
 			return err
 		}
 		st.Events++

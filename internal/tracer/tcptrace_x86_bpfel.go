@@ -14,14 +14,46 @@ import (
 )
 
 type tcptraceConfig struct {
-	_            structs.HostLayout
-	StateMask    uint32
-	OldStateMask uint32
-	WakeupBytes  uint32
-	Family       uint16
-	FilterPids   uint8
-	FilterPorts  uint8
+	_                    structs.HostLayout
+	StateMask            uint32
+	OldStateMask         uint32
+	WakeupBytes          uint32
+	Family               uint16
+	FilterPids           uint8
+	FilterPorts          uint8
+	EmitStates           uint8
+	EmitDrops            uint8
+	_                    [2]byte
+	ReasonListenOverflow uint32
 }
+
+type tcptraceDrop struct {
+	_          structs.HostLayout
+	TsNs       uint64
+	Skaddr     uint64
+	Count      uint32
+	Reason     uint32
+	Type       tcptraceRecordType
+	Netns      uint32
+	Backlog    uint32
+	MaxBacklog uint32
+	SynQueue   uint32
+	Family     uint16
+	Lport      uint16
+	Rport      uint16
+	Kind       uint8
+	Pad        [5]uint8
+	Saddr      [16]uint8
+	Daddr      [16]uint8
+	Owner      tcptraceOwner
+}
+
+type tcptraceDropKind uint32
+
+const (
+	tcptraceDropKindDROP_PACKET  tcptraceDropKind = 1
+	tcptraceDropKindDROP_COUNTED tcptraceDropKind = 2
+)
 
 type tcptraceEvent struct {
 	_         structs.HostLayout
@@ -59,6 +91,20 @@ type tcptraceListenKey struct {
 	Pad   uint16
 }
 
+type tcptraceListener struct {
+	_          structs.HostLayout
+	Skaddr     uint64
+	Netns      uint32
+	Drops      uint32
+	Backlog    uint32
+	MaxBacklog uint32
+	SynQueue   uint32
+	Family     uint16
+	Lport      uint16
+	Saddr      [16]uint8
+	Owner      tcptraceOwner
+}
+
 type tcptraceOwner struct {
 	_      structs.HostLayout
 	Since  uint64
@@ -72,6 +118,7 @@ type tcptraceRecordType uint32
 
 const (
 	tcptraceRecordTypeRECORD_STATE tcptraceRecordType = 1
+	tcptraceRecordTypeRECORD_DROP  tcptraceRecordType = 2
 )
 
 type tcptraceSockFd struct {
@@ -105,6 +152,7 @@ const (
 	tcptraceMapFilterPids      = "filter_pids"
 	tcptraceMapFilterPorts     = "filter_ports"
 	tcptraceMapForks           = "forks"
+	tcptraceMapListenDrops     = "listen_drops"
 	tcptraceMapListeners       = "listeners"
 	tcptraceMapLost            = "lost"
 	tcptraceMapPendingConnects = "pending_connects"
@@ -113,6 +161,9 @@ const (
 	tcptraceProgExitRaw        = "exit_raw"
 	tcptraceProgForkBtf        = "fork_btf"
 	tcptraceProgForkRaw        = "fork_raw"
+	tcptraceProgKfreeRxSk      = "kfree_rx_sk"
+	tcptraceProgKfreeSkbSk     = "kfree_skb_sk"
+	tcptraceProgPollListeners  = "poll_listeners"
 	tcptraceProgScanSocks      = "scan_socks"
 	tcptraceProgStateBtf       = "state_btf"
 	tcptraceProgStateRaw       = "state_raw"
@@ -120,6 +171,9 @@ const (
 	tcptraceProgSysExitBtf     = "sys_exit_btf"
 	tcptraceProgSysExitRaw     = "sys_exit_raw"
 	tcptraceVarCfg             = "cfg"
+	tcptraceVarUnusedDrop      = "unused_drop"
+	tcptraceVarUnusedDropKind  = "unused_drop_kind"
+	tcptraceVarUnusedListener  = "unused_listener"
 	tcptraceVarUnusedSockFd    = "unused_sock_fd"
 )
 
@@ -165,16 +219,19 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	ExitBtf    *ebpf.ProgramSpec `ebpf:"exit_btf"`
-	ExitRaw    *ebpf.ProgramSpec `ebpf:"exit_raw"`
-	ForkBtf    *ebpf.ProgramSpec `ebpf:"fork_btf"`
-	ForkRaw    *ebpf.ProgramSpec `ebpf:"fork_raw"`
-	ScanSocks  *ebpf.ProgramSpec `ebpf:"scan_socks"`
-	StateBtf   *ebpf.ProgramSpec `ebpf:"state_btf"`
-	StateRaw   *ebpf.ProgramSpec `ebpf:"state_raw"`
-	StateTp    *ebpf.ProgramSpec `ebpf:"state_tp"`
-	SysExitBtf *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
-	SysExitRaw *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
+	ExitBtf       *ebpf.ProgramSpec `ebpf:"exit_btf"`
+	ExitRaw       *ebpf.ProgramSpec `ebpf:"exit_raw"`
+	ForkBtf       *ebpf.ProgramSpec `ebpf:"fork_btf"`
+	ForkRaw       *ebpf.ProgramSpec `ebpf:"fork_raw"`
+	KfreeRxSk     *ebpf.ProgramSpec `ebpf:"kfree_rx_sk"`
+	KfreeSkbSk    *ebpf.ProgramSpec `ebpf:"kfree_skb_sk"`
+	PollListeners *ebpf.ProgramSpec `ebpf:"poll_listeners"`
+	ScanSocks     *ebpf.ProgramSpec `ebpf:"scan_socks"`
+	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
+	StateRaw      *ebpf.ProgramSpec `ebpf:"state_raw"`
+	StateTp       *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SysExitBtf    *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
+	SysExitRaw    *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -187,6 +244,7 @@ type tcptraceMapSpecs struct {
 	FilterPids      *ebpf.MapSpec `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.MapSpec `ebpf:"filter_ports"`
 	Forks           *ebpf.MapSpec `ebpf:"forks"`
+	ListenDrops     *ebpf.MapSpec `ebpf:"listen_drops"`
 	Listeners       *ebpf.MapSpec `ebpf:"listeners"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
 	PendingConnects *ebpf.MapSpec `ebpf:"pending_connects"`
@@ -197,8 +255,11 @@ type tcptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
-	Cfg          *ebpf.VariableSpec `ebpf:"cfg"`
-	UnusedSockFd *ebpf.VariableSpec `ebpf:"unused_sock_fd"`
+	Cfg            *ebpf.VariableSpec `ebpf:"cfg"`
+	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
+	UnusedDropKind *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
+	UnusedListener *ebpf.VariableSpec `ebpf:"unused_listener"`
+	UnusedSockFd   *ebpf.VariableSpec `ebpf:"unused_sock_fd"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -227,6 +288,7 @@ type tcptraceMaps struct {
 	FilterPids      *ebpf.Map `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.Map `ebpf:"filter_ports"`
 	Forks           *ebpf.Map `ebpf:"forks"`
+	ListenDrops     *ebpf.Map `ebpf:"listen_drops"`
 	Listeners       *ebpf.Map `ebpf:"listeners"`
 	Lost            *ebpf.Map `ebpf:"lost"`
 	PendingConnects *ebpf.Map `ebpf:"pending_connects"`
@@ -241,6 +303,7 @@ func (m *tcptraceMaps) Close() error {
 		m.FilterPids,
 		m.FilterPorts,
 		m.Forks,
+		m.ListenDrops,
 		m.Listeners,
 		m.Lost,
 		m.PendingConnects,
@@ -252,24 +315,30 @@ func (m *tcptraceMaps) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
-	Cfg          *ebpf.Variable `ebpf:"cfg"`
-	UnusedSockFd *ebpf.Variable `ebpf:"unused_sock_fd"`
+	Cfg            *ebpf.Variable `ebpf:"cfg"`
+	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
+	UnusedDropKind *ebpf.Variable `ebpf:"unused_drop_kind"`
+	UnusedListener *ebpf.Variable `ebpf:"unused_listener"`
+	UnusedSockFd   *ebpf.Variable `ebpf:"unused_sock_fd"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	ExitBtf    *ebpf.Program `ebpf:"exit_btf"`
-	ExitRaw    *ebpf.Program `ebpf:"exit_raw"`
-	ForkBtf    *ebpf.Program `ebpf:"fork_btf"`
-	ForkRaw    *ebpf.Program `ebpf:"fork_raw"`
-	ScanSocks  *ebpf.Program `ebpf:"scan_socks"`
-	StateBtf   *ebpf.Program `ebpf:"state_btf"`
-	StateRaw   *ebpf.Program `ebpf:"state_raw"`
-	StateTp    *ebpf.Program `ebpf:"state_tp"`
-	SysExitBtf *ebpf.Program `ebpf:"sys_exit_btf"`
-	SysExitRaw *ebpf.Program `ebpf:"sys_exit_raw"`
+	ExitBtf       *ebpf.Program `ebpf:"exit_btf"`
+	ExitRaw       *ebpf.Program `ebpf:"exit_raw"`
+	ForkBtf       *ebpf.Program `ebpf:"fork_btf"`
+	ForkRaw       *ebpf.Program `ebpf:"fork_raw"`
+	KfreeRxSk     *ebpf.Program `ebpf:"kfree_rx_sk"`
+	KfreeSkbSk    *ebpf.Program `ebpf:"kfree_skb_sk"`
+	PollListeners *ebpf.Program `ebpf:"poll_listeners"`
+	ScanSocks     *ebpf.Program `ebpf:"scan_socks"`
+	StateBtf      *ebpf.Program `ebpf:"state_btf"`
+	StateRaw      *ebpf.Program `ebpf:"state_raw"`
+	StateTp       *ebpf.Program `ebpf:"state_tp"`
+	SysExitBtf    *ebpf.Program `ebpf:"sys_exit_btf"`
+	SysExitRaw    *ebpf.Program `ebpf:"sys_exit_raw"`
 }
 
 func (p *tcptracePrograms) Close() error {
@@ -278,6 +347,9 @@ func (p *tcptracePrograms) Close() error {
 		p.ExitRaw,
 		p.ForkBtf,
 		p.ForkRaw,
+		p.KfreeRxSk,
+		p.KfreeSkbSk,
+		p.PollListeners,
 		p.ScanSocks,
 		p.StateBtf,
 		p.StateRaw,

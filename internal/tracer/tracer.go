@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -31,6 +32,9 @@ type Options struct {
 	// WakeupBytes wakes the reader early once this much data waits; below it
 	// the reader drains on its timer, so busy paths pay no wake-up per event.
 	WakeupBytes uint32
+
+	// EmitStates and EmitDrops select the record kinds (--events).
+	EmitStates, EmitDrops bool
 
 	// StateHook forces one hook for state changes ("tp_btf", "raw_tp",
 	// "tracepoint"); empty picks the best that loads.
@@ -138,6 +142,31 @@ func (t *Tracer) features(opts *Options) []feature {
 			{"raw_tp/sched_process_exit", "raw_tp", "exit_raw", rawTracepoint("sched_process_exit")},
 		},
 	}
+	drops := feature{
+		name:     "drop reasons",
+		degraded: "drops are counted per listener, without the client's address or the kernel's reason",
+		candidates: []candidate{
+			{"tp_btf/kfree_skb (rx_sk)", "tp_btf", "kfree_rx_sk", tpBTF},
+			{"tp_btf/kfree_skb (skb->sk)", "tp_btf", "kfree_skb_sk", tpBTF},
+		},
+	}
+	if t.reasons.listenOverflow == 0 {
+		drops.candidates = nil
+		drops.degraded = "this kernel has no TCP_LISTEN_OVERFLOW drop reason; " + drops.degraded
+	}
+	polls := feature{
+		name:     "listener drop counters",
+		degraded: "no drops are reported and `tcptrace listeners` is unavailable",
+		candidates: []candidate{
+			{"iter/bpf_map_elem", "iter", "poll_listeners", func(p *ebpf.Program) (link.Link, error) {
+				it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps["listen_drops"]})
+				if err == nil {
+					t.pollIter = it
+				}
+				return it, err
+			}},
+		},
+	}
 	scan := feature{
 		name:     "socket owner scan",
 		degraded: "owners of sockets older than tcptrace are unknown",
@@ -153,7 +182,11 @@ func (t *Tracer) features(opts *Options) []feature {
 	}
 	// The scan comes first: owners of existing sockets are recorded before
 	// the state hooks start reading them.
-	return []feature{scan, forks, exits, sysExit, states}
+	fs := []feature{scan, forks, exits, sysExit, states, polls}
+	if opts.EmitDrops {
+		fs = append(fs, drops)
+	}
+	return fs
 }
 
 // StateHookKinds lists the values Options.StateHook accepts.
@@ -167,6 +200,10 @@ type Tracer struct {
 	hooks   []Hook
 	iter    *link.Iter // the socket scan, when the kernel has task_file iterators
 	mounted string     // tracefs mount point we created, unmounted on Close
+	reasons *dropReasons
+
+	pollIter *link.Iter // the listener walk (iter/tcp)
+	pollMu   sync.Mutex // one walk at a time: each advances the drop counters
 }
 
 // ErrNoBTF means the kernel exposes no BTF (/sys/kernel/btf/vmlinux).
@@ -177,7 +214,8 @@ var ErrPermission = errors.New("permission denied: tcptrace needs root or CAP_BP
 
 // New loads the BPF objects with opts and attaches every feature.
 func New(opts Options) (_ *Tracer, err error) {
-	if _, err := btf.LoadKernelSpec(); err != nil {
+	kernel, err := btf.LoadKernelSpec()
+	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, ErrNoBTF
 		}
@@ -194,11 +232,12 @@ func New(opts Options) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
-	if err := configure(spec, &opts); err != nil {
+	reasons := loadDropReasons(kernel)
+	if err := configure(spec, &opts, reasons); err != nil {
 		return nil, err
 	}
 
-	t := &Tracer{}
+	t := &Tracer{reasons: reasons}
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -223,8 +262,15 @@ func New(opts Options) (_ *Tracer, err error) {
 	return t, nil
 }
 
-func configure(spec *ebpf.CollectionSpec, opts *Options) error {
-	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes}
+func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *dropReasons) error {
+	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes,
+		ReasonListenOverflow: reasons.listenOverflow}
+	if opts.EmitStates {
+		cfg.EmitStates = 1
+	}
+	if opts.EmitDrops {
+		cfg.EmitDrops = 1
+	}
 	switch opts.Family {
 	case 0:
 	case 4:
@@ -356,6 +402,9 @@ func (t *Tracer) Detach() error {
 	}
 	t.links = nil
 	t.iter = nil
+	t.pollMu.Lock()
+	t.pollIter = nil
+	t.pollMu.Unlock()
 	for _, c := range t.progs {
 		c.Close()
 	}

@@ -1,0 +1,119 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cilium/ebpf/btf"
+)
+
+// netstat reads TcpExt counters in pid's network namespace: the kernel's own
+// per-namespace ground truth.
+func netstat(t *testing.T, pid int) map[string]uint64 {
+	t.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/net/netstat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	var names []string
+	out := map[string]uint64{}
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 || fields[0] != "TcpExt:" {
+			continue
+		}
+		if names == nil {
+			names = fields[1:]
+			continue
+		}
+		for i, v := range fields[1:] {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			out[names[i]] = n
+		}
+	}
+	return out
+}
+
+// kernelHasReason reports whether the running kernel's BTF knows a drop reason.
+func kernelHasReason(t *testing.T, name string) bool {
+	spec, err := btf.LoadKernelSpec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e *btf.Enum
+	if spec.TypeByName("skb_drop_reason", &e) != nil {
+		return false
+	}
+	return slices.ContainsFunc(e.Values, func(v btf.EnumValue) bool { return v.Name == "SKB_DROP_REASON_"+name })
+}
+
+// TestDropsAcceptQueueFull: a listener with backlog 1 that never accepts,
+// overflowed for a few seconds. The drop records add up exactly to the
+// namespace's ListenDrops and name the listener's process; where the kernel
+// reports TCP_LISTEN_OVERFLOW, the final-ACK overflows come one per packet
+// with the dropped client.
+func TestDropsAcceptQueueFull(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	tr := startTracer(t, "--events", "drops", "-v")
+	ln := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7070")
+	ln.expect("listening")
+	before := netstat(t, ln.pid())
+	ov := startRole(t, ns, "overflow", "-addr", "127.0.0.1:7070", "-n", "40")
+	deferred := strings.Split(ov.expect("deferred"), ",")
+	ov.expect("done")
+	ov.wait()
+	// The clients' orphaned FINs keep hitting the full queue: close the
+	// listener (its last drops are reported as it closes; later packets get
+	// resets, which are no listen drops), then read the kernel's count.
+	ln.send("close")
+	ln.expect("closed")
+	after := netstat(t, ln.pid())
+	tr.stopClean()
+	ln.send("exit")
+	ln.wait()
+
+	truth := after["ListenDrops"] - before["ListenDrops"]
+	var sum uint64
+	var perPacket []record
+	tr.mu.Lock()
+	for _, r := range tr.recs {
+		if r.Type != "drop" || r.NetNS != ns.ino {
+			continue
+		}
+		sum += r.Count
+		if r.PID != ln.pid() || r.LPort != 7070 || r.Reason != "accept_queue_full" {
+			t.Errorf("drop record %s: want pid %d, port 7070, accept_queue_full", r, ln.pid())
+		}
+		if r.KernelReason != nil {
+			perPacket = append(perPacket, r)
+		}
+	}
+	tr.mu.Unlock()
+	t.Logf("ListenDrops +%d (ListenOverflows +%d), records sum %d, %d per packet",
+		truth, after["ListenOverflows"]-before["ListenOverflows"], sum, len(perPacket))
+	if truth == 0 {
+		t.Fatal("the workload caused no drops")
+	}
+	if sum != truth {
+		t.Fatalf("drop records sum to %d, the kernel counted %d", sum, truth)
+	}
+	if kernelHasReason(t, "TCP_LISTEN_OVERFLOW") {
+		if len(perPacket) == 0 {
+			t.Fatal("no per-packet TCP_LISTEN_OVERFLOW record for the delayed final ACKs")
+		}
+		for _, r := range perPacket {
+			if *r.KernelReason != "tcp_listen_overflow" || r.RAddr != "127.0.0.1" ||
+				!slices.Contains(deferred, strconv.Itoa(int(r.RPort))) || r.Count != 1 {
+				t.Errorf("per-packet record %s: want one of the delayed clients %v", r, deferred)
+			}
+		}
+	}
+}

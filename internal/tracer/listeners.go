@@ -1,0 +1,73 @@
+package tracer
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"unsafe"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+)
+
+// Listener is one listening TCP socket.
+type Listener struct {
+	Sock       uint64
+	NetNS      uint32
+	Family     event.Family
+	Addr       netip.Addr
+	Port       uint16
+	Drops      uint32 // every drop since listen()
+	Backlog    uint32 // accept queue length
+	MaxBacklog uint32
+	SynQueue   uint32
+	PID, UID   uint32 // owner; PID 0 when unknown
+	Comm       [16]byte
+	Cgroup     uint64
+}
+
+// ErrNoListenerWalk means the kernel refused the listener walk (iter/bpf_map_elem).
+var ErrNoListenerWalk = errors.New("listener walk unavailable (no iter/bpf_map_elem)")
+
+const rawListenerSize = int(unsafe.Sizeof(tcptraceListener{}))
+
+// PollListeners walks every TCP socket once: drops that listeners counted
+// since the last walk go into the stream (with --events drops), and fn, when
+// not nil, sees every listener.
+func (t *Tracer) PollListeners(fn func(*Listener)) error {
+	t.pollMu.Lock()
+	defer t.pollMu.Unlock()
+	if t.pollIter == nil {
+		return ErrNoListenerWalk
+	}
+	rc, err := t.pollIter.Open()
+	if err != nil {
+		return fmt.Errorf("open listener walk: %w", err)
+	}
+	defer rc.Close()
+	if fn == nil {
+		_, err := io.Copy(io.Discard, rc)
+		return err
+	}
+	br := bufio.NewReaderSize(rc, 64<<10)
+	buf := make([]byte, rawListenerSize)
+	var l Listener
+	for {
+		if _, err := io.ReadFull(br, buf); err == io.EOF {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("read listener walk: %w", err)
+		}
+		r := (*tcptraceListener)(unsafe.Pointer(&buf[0]))
+		l = Listener{Sock: r.Skaddr, NetNS: r.Netns, Port: r.Lport, Drops: r.Drops, Backlog: r.Backlog,
+			MaxBacklog: r.MaxBacklog, SynQueue: r.SynQueue, PID: r.Owner.Pid, UID: r.Owner.Uid,
+			Comm: r.Owner.Comm, Cgroup: r.Owner.Cgroup}
+		if r.Family == afInet6 {
+			l.Family, l.Addr = event.IPv6, netip.AddrFrom16(r.Saddr)
+		} else {
+			l.Family, l.Addr = event.IPv4, netip.AddrFrom4([4]byte(r.Saddr[:4]))
+		}
+		fn(&l)
+	}
+}
