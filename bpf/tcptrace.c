@@ -284,6 +284,7 @@ static __always_inline bool fill_listener(struct drop *d, const struct sock *sk,
 	d->backlog = BPF_CORE_READ(sk, sk_ack_backlog);
 	d->max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
 	d->syn_queue = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	d->syncookies = BPF_CORE_READ(sk, __sk_common.skc_net.net, ipv4.sysctl_tcp_syncookies);
 	if (o)
 		d->owner = *o;
 	return true;

@@ -91,7 +91,8 @@ struct drop {
 	__u16 lport;
 	__u16 rport;     /* the client's, for DROP_PACKET */
 	__u8 kind;       /* enum drop_kind */
-	__u8 pad[5];
+	__u8 syncookies; /* net.ipv4.tcp_syncookies of the listener's namespace */
+	__u8 pad[4];
 	__u8 saddr[16];  /* the listener's address */
 	__u8 daddr[16];  /* the client's, for DROP_PACKET */
 	struct owner owner;

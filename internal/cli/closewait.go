@@ -110,7 +110,7 @@ func runCloseWait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		CloseWaitUsage(stdout)
 		return nil
 	}
-	tr, err := openTracer(tracer.Options{StateMask: 1 << tcpstate.CloseWait}, cfg.Verbose, stderr)
+	tr, err := openTracer(tracer.Options{StateMask: 1 << tcpstate.CloseWait, EmitStates: true}, cfg.Verbose, stderr)
 	if err != nil {
 		return err
 	}
@@ -151,6 +151,7 @@ type closeWaitTable struct {
 	cgroups *cgroup.Names
 	last    time.Time
 	scan    []owner.Holder
+	scanAt  uint64 // when the scan waiting to be shown was taken; 0 if none
 	line    []byte
 }
 
@@ -159,14 +160,28 @@ func (c *closeWaitTable) Record(e *event.Event) error {
 	return nil
 }
 
+// Idle scans when the interval is up and shows the scan on the next drain:
+// by then every entry into CLOSE_WAIT that happened before the scan has come
+// out of the ring buffer, so live sockets are dated exactly.
 func (c *closeWaitTable) Idle() error {
+	if c.scanAt != 0 {
+		return c.show()
+	}
 	if time.Since(c.last) < c.cfg.Interval {
 		return nil
 	}
-	return c.report()
+	return c.takeScan()
 }
 
+// report scans and shows at once (the first table, and --once).
 func (c *closeWaitTable) report() error {
+	if err := c.takeScan(); err != nil {
+		return err
+	}
+	return c.show()
+}
+
+func (c *closeWaitTable) takeScan() error {
 	c.last = time.Now()
 	c.scan = c.scan[:0]
 	err := c.tr.Scan(func(h *owner.Holder) {
@@ -177,7 +192,13 @@ func (c *closeWaitTable) report() error {
 	if err != nil {
 		return fmt.Errorf("scan sockets: %w", err)
 	}
-	procs := c.tracker.Report(c.scan, tracer.Mono(), c.cfg.Filter)
+	c.scanAt = tracer.Mono()
+	return nil
+}
+
+func (c *closeWaitTable) show() error {
+	procs := c.tracker.Report(c.scan, c.scanAt, c.cfg.Filter)
+	c.scanAt = 0
 	at := time.Now()
 	if c.cfg.Output == output.JSON {
 		for i := range procs {

@@ -43,9 +43,10 @@ func Version() string {
 const drainEvery = 20 * time.Millisecond
 
 // listenerPollEvery is how often listeners' drop counters are read: SYNs
-// dropped for a full queue fire no tracepoint, so their records come at most
-// this late. Every walk costs a pass over all TCP sockets.
-const listenerPollEvery = 250 * time.Millisecond
+// dropped for a full queue fire no tracepoint, so their records come this
+// late, and name their cause from the queues as they were then. A walk visits
+// only listeners; a costly one widens the interval.
+const listenerPollEvery = drainEvery
 
 // Run parses args and streams until ctx ends, --duration passes, or an error.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {

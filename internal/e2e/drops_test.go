@@ -83,11 +83,7 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 	truth := after["ListenDrops"] - before["ListenDrops"]
 	var sum uint64
 	var perPacket []record
-	tr.mu.Lock()
-	for _, r := range tr.recs {
-		if r.Type != "drop" || r.NetNS != ns.ino {
-			continue
-		}
+	for _, r := range tr.records("drop", ns) {
 		sum += r.Count
 		if r.PID != ln.pid() || r.LPort != 7070 || r.Reason != "accept_queue_full" {
 			t.Errorf("drop record %s: want pid %d, port 7070, accept_queue_full", r, ln.pid())
@@ -96,7 +92,6 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 			perPacket = append(perPacket, r)
 		}
 	}
-	tr.mu.Unlock()
 	t.Logf("ListenDrops +%d (ListenOverflows +%d), records sum %d, %d per packet",
 		truth, after["ListenOverflows"]-before["ListenOverflows"], sum, len(perPacket))
 	if truth == 0 {
@@ -115,5 +110,49 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 				t.Errorf("per-packet record %s: want one of the delayed clients %v", r, deferred)
 			}
 		}
+	}
+}
+
+// TestDropsSynQueueFull: with syncookies off, a burst of handshakes that do
+// not complete fills the SYN queue; the drops named syn_queue_full add up to
+// the namespace's TCPReqQFullDrop, and all drops to its ListenDrops.
+func TestDropsSynQueueFull(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	if err := ns.sysctl("net/ipv4/tcp_syncookies", "0"); err != nil {
+		t.Fatal(err)
+	}
+	tr := startTracer(t, "--events", "drops")
+	ln := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7071", "-backlog", "4")
+	ln.expect("listening")
+	before := netstat(t, ln.pid())
+	b := startRole(t, ns, "synburst", "-addr", "127.0.0.1:7071", "-n", "20")
+	b.expect("done")
+	b.wait()
+	ln.send("close")
+	ln.expect("closed")
+	after := netstat(t, ln.pid())
+	tr.stopClean()
+	ln.send("exit")
+	ln.wait()
+
+	truth := after["ListenDrops"] - before["ListenDrops"]
+	truthQ := after["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
+	var sum, sumQ uint64
+	for _, r := range tr.records("drop", ns) {
+		sum += r.Count
+		if r.Reason == "syn_queue_full" {
+			sumQ += r.Count
+		}
+		if r.PID != ln.pid() || r.LPort != 7071 {
+			t.Errorf("drop record %s: want pid %d, port 7071", r, ln.pid())
+		}
+	}
+	t.Logf("ListenDrops +%d, TCPReqQFullDrop +%d; records: %d, syn_queue_full %d", truth, truthQ, sum, sumQ)
+	if truthQ == 0 {
+		t.Fatal("the burst did not fill the SYN queue")
+	}
+	if sum != truth || sumQ != truthQ {
+		t.Fatalf("records: %d drops (%d syn_queue_full); the kernel counted %d (%d TCPReqQFullDrop)", sum, sumQ, truth, truthQ)
 	}
 }

@@ -197,6 +197,19 @@ func (p *tracerProc) stopClean() {
 	}
 }
 
+// records returns the records of one type seen so far in network namespace ns.
+func (p *tracerProc) records(typ string, ns *netNS) []record {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []record
+	for _, r := range p.recs {
+		if r.Type == typ && r.NetNS == ns.ino {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // states returns the state records seen so far in network namespace ns.
 func (p *tracerProc) states(ns *netNS) []record {
 	p.mu.Lock()

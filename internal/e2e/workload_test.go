@@ -31,6 +31,7 @@ func runWorkload(role string, args []string) error {
 	forkChild := fs.Bool("fork", false, "server: fork after accept; the child keeps the socket, the parent closes its copy")
 	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
 	serverFirst := fs.Bool("server-first", false, "storm: the server closes first")
+	backlog := fs.Int("backlog", 1, "backlog1: the listen backlog")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -51,7 +52,7 @@ func runWorkload(role string, args []string) error {
 		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
 			return err
 		}
-		if err := syscall.Listen(fd, 1); err != nil {
+		if err := syscall.Listen(fd, *backlog); err != nil {
 			return err
 		}
 		fmt.Println("listening")
@@ -62,6 +63,8 @@ func runWorkload(role string, args []string) error {
 		return nil
 	case "overflow":
 		return runOverflow(*addr, *count)
+	case "synburst":
+		return runSynBurst(*addr, *count)
 	case "leaker":
 		return runLeaker(in, *network, *addr, *count)
 	case "clients":
@@ -299,6 +302,50 @@ func (p *pair) run(t *testing.T) {
 	p.server.wait()
 }
 
+// deferredConnect starts a non-blocking connect whose final ACK the kernel
+// holds back ~200 ms (TCP_DEFER_ACCEPT on a client socket), so its handshake
+// sits in the listener's SYN queue meanwhile.
+func deferredConnect(sa *syscall.SockaddrInet4, deferACK bool) (int, error) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return -1, err
+	}
+	if deferACK {
+		if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, 1); err != nil {
+			return -1, err
+		}
+	}
+	if err := syscall.Connect(fd, sa); err != nil && err != syscall.EINPROGRESS {
+		return -1, err
+	}
+	return fd, nil
+}
+
+// runSynBurst fills a listener's SYN queue: n handshakes at once whose final
+// ACKs are held back, so with syncookies off the SYNs past the queue's
+// capacity are dropped; it holds them through the SYN retry at 1 s.
+func runSynBurst(addr string, n int) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	sa := &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
+	var fds []int
+	for i := 0; i < n; i++ {
+		fd, err := deferredConnect(sa, true)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
+	fmt.Println("done")
+	return nil
+}
+
 // runOverflow overflows a listener with backlog 1: a few clients whose final
 // ACK the kernel delays (TCP_DEFER_ACCEPT on a client socket holds it back
 // ~200 ms) get their SYNs in first; two plain connections then fill the
@@ -310,21 +357,7 @@ func runOverflow(addr string, n int) error {
 		return err
 	}
 	sa := &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	connect := func(deferACK bool) (int, error) {
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
-		if err != nil {
-			return -1, err
-		}
-		if deferACK {
-			if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, 1); err != nil {
-				return -1, err
-			}
-		}
-		if err := syscall.Connect(fd, sa); err != nil && err != syscall.EINPROGRESS {
-			return -1, err
-		}
-		return fd, nil
-	}
+	connect := func(deferACK bool) (int, error) { return deferredConnect(sa, deferACK) }
 	var fds, deferred []int
 	for i := 0; i < 3; i++ {
 		fd, err := connect(true)

@@ -120,20 +120,21 @@ func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Ev
 			ev.Drop.Reason = ev.Drop.KernelReason
 		}
 	} else {
-		ev.Drop.Reason = reasonFromQueues(r.Backlog, r.MaxBacklog, r.SynQueue)
+		ev.Drop.Reason = reasonFromQueues(r.Backlog, r.MaxBacklog, r.SynQueue, r.Syncookies)
 	}
 	return decodeAddrs(r.Family, &r.Saddr, &r.Daddr, ev)
 }
 
 // reasonFromQueues names a counted drop by the listener's queues when it was
-// counted: the kernel drops a SYN when the accept queue is full (more than
-// max waiting) or, without syncookies, when the SYN queue is.
-func reasonFromQueues(backlog, max, synq uint32) string {
+// counted, checked in the kernel's order (tcp_conn_request): a full SYN queue
+// drops the SYN unless syncookies answer it (tcp_syncookies 1 or 2), then a
+// full accept queue (more than max waiting) drops it.
+func reasonFromQueues(backlog, max, synq uint32, syncookies uint8) string {
 	switch {
+	case synq >= max && max > 0 && syncookies == 0:
+		return "syn_queue_full"
 	case backlog > max:
 		return "accept_queue_full"
-	case synq >= max && max > 0:
-		return "syn_queue_full"
 	}
 	return "listen_drop"
 }

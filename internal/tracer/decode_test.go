@@ -142,10 +142,17 @@ func TestDecodeDrops(t *testing.T) {
 	// A counted drop is named by the listener's queues.
 	for _, tc := range []struct {
 		backlog, max, synq uint32
+		cookies            uint8
 		want               string
-	}{{2, 1, 0, "accept_queue_full"}, {0, 4, 4, "syn_queue_full"}, {0, 4, 1, "listen_drop"}} {
+	}{
+		{2, 1, 0, 1, "accept_queue_full"},
+		{0, 4, 4, 0, "syn_queue_full"},
+		{5, 4, 5, 0, "syn_queue_full"},    // the kernel checks the SYN queue first
+		{5, 4, 5, 1, "accept_queue_full"}, // with syncookies a full SYN queue drops nothing
+		{0, 4, 1, 0, "listen_drop"},
+	} {
 		r = &tcptraceDrop{Type: tcptraceRecordTypeRECORD_DROP, Count: 5, Family: afInet, Kind: uint8(tcptraceDropKindDROP_COUNTED),
-			Backlog: tc.backlog, MaxBacklog: tc.max, SynQueue: tc.synq}
+			Backlog: tc.backlog, MaxBacklog: tc.max, SynQueue: tc.synq, Syncookies: tc.cookies}
 		if err := decode(dropRaw(r), 0, testReasons, &ev); err != nil {
 			t.Fatal(err)
 		}

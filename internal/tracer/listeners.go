@@ -36,8 +36,8 @@ const rawListenerSize = int(unsafe.Sizeof(tcptraceListener{}))
 // since the last walk go into the stream (with --events drops), and fn, when
 // not nil, sees every listener.
 func (t *Tracer) PollListeners(fn func(*Listener)) error {
-	t.pollMu.Lock()
-	defer t.pollMu.Unlock()
+	t.iterMu.Lock()
+	defer t.iterMu.Unlock()
 	if t.pollIter == nil {
 		return ErrNoListenerWalk
 	}

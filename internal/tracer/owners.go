@@ -24,6 +24,8 @@ const rawSockFDSize = int(unsafe.Sizeof(tcptraceSockFd{}))
 // Scan runs the iter/task_file program: fn sees every TCP socket file
 // descriptor of every process. One pass over the kernel's tables, no /proc.
 func (t *Tracer) Scan(fn func(*owner.Holder)) error {
+	t.iterMu.Lock()
+	defer t.iterMu.Unlock()
 	if t.iter == nil {
 		return ErrNoScan
 	}

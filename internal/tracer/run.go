@@ -63,11 +63,12 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 	}()
 
 	var (
-		rec    ringbuf.Record
-		ev     event.Event
-		offset = WallOffset()
-		lost   = lostCounter{t: t}
-		polled = time.Now()
+		rec      ringbuf.Record
+		ev       event.Event
+		offset   = WallOffset()
+		lost     = lostCounter{t: t}
+		polled   = time.Now()
+		pollCost time.Duration
 	)
 	rd.SetDeadline(time.Now().Add(drainEvery))
 	for {
@@ -82,11 +83,13 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 				return st, err
 			}
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			if pollEvery > 0 && time.Since(polled) >= pollEvery {
+			// A walk that costs more waits longer: at most 5% of a CPU.
+			if pollEvery > 0 && time.Since(polled) >= max(pollEvery, 20*pollCost) {
 				polled = time.Now()
 				if err := t.PollListeners(nil); err != nil && !errors.Is(err, ErrNoListenerWalk) {
 					return st, err
 				}
+				pollCost = time.Since(polled)
 			}
 			if err := lost.report(sink, &st); err != nil {
 				return st, err

@@ -42,7 +42,8 @@ type tcptraceDrop struct {
 	Lport      uint16
 	Rport      uint16
 	Kind       uint8
-	Pad        [5]uint8
+	Syncookies uint8
+	Pad        [4]uint8
 	Saddr      [16]uint8
 	Daddr      [16]uint8
 	Owner      tcptraceOwner

@@ -202,8 +202,10 @@ type Tracer struct {
 	mounted string     // tracefs mount point we created, unmounted on Close
 	reasons *dropReasons
 
-	pollIter *link.Iter // the listener walk (iter/tcp)
-	pollMu   sync.Mutex // one walk at a time: each advances the drop counters
+	pollIter *link.Iter // the listener walk (iter/bpf_map_elem)
+	// iterMu guards both iterators: one walk at a time (each advances the
+	// drop counters), and none while Detach closes them.
+	iterMu sync.Mutex
 }
 
 // ErrNoBTF means the kernel exposes no BTF (/sys/kernel/btf/vmlinux).
@@ -396,15 +398,14 @@ func (t *Tracer) ActiveHook(feature string) string {
 // Detach closes every link so the kernel stops producing records; maps stay
 // readable so the ring buffer can still be drained.
 func (t *Tracer) Detach() error {
+	t.iterMu.Lock()
+	t.iter, t.pollIter = nil, nil
+	t.iterMu.Unlock()
 	var errs []error
 	for _, l := range t.links {
 		errs = append(errs, l.Close())
 	}
 	t.links = nil
-	t.iter = nil
-	t.pollMu.Lock()
-	t.pollIter = nil
-	t.pollMu.Unlock()
 	for _, c := range t.progs {
 		c.Close()
 	}
