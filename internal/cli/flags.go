@@ -105,7 +105,7 @@ func Parse(args []string) (*Config, error) {
 		return c, nil
 	}
 	if fs.NArg() > 0 {
-		return nil, usagef("unexpected argument %q (subcommands: closewait)", fs.Arg(0))
+		return nil, usagef("unexpected argument %q (subcommands: closewait, listeners)", fs.Arg(0))
 	}
 	var err error
 	if c.Output, err = output.ParseFormat(raw.output); err != nil {
@@ -226,6 +226,7 @@ func Usage(w io.Writer) {
 
 Usage: sudo tcptrace [flags]
        sudo tcptrace closewait [flags]   (see tcptrace closewait -h)
+       sudo tcptrace listeners [flags]   (see tcptrace listeners -h)
 
 Flags:
 %s

@@ -50,8 +50,13 @@ const listenerPollEvery = drainEvery
 
 // Run parses args and streams until ctx ends, --duration passes, or an error.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) > 0 && args[0] == "closewait" {
-		return runCloseWait(ctx, args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "closewait":
+			return runCloseWait(ctx, args[1:], stdout, stderr)
+		case "listeners":
+			return runListeners(ctx, args[1:], stdout, stderr)
+		}
 	}
 	cfg, err := Parse(args)
 	if err != nil {

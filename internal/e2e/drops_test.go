@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"os"
 	"slices"
@@ -155,4 +156,46 @@ func TestDropsSynQueueFull(t *testing.T) {
 	if sum != truth || sumQ != truthQ {
 		t.Fatalf("records: %d drops (%d syn_queue_full); the kernel counted %d (%d TCPReqQFullDrop)", sum, sumQ, truth, truthQ)
 	}
+}
+
+// TestListenersTable: `tcptrace listeners` shows a listener with its owner,
+// its full accept queue and the drops its namespace counted.
+func TestListenersTable(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	ln := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7072")
+	ln.expect("listening")
+	ov := startRole(t, ns, "overflow", "-addr", "127.0.0.1:7072", "-n", "10", "-deferred", "0")
+	ov.expect("deferred")
+	exe, _ := os.Executable()
+	low := netstat(t, ln.pid())["ListenDrops"]
+	code, stdout, stderr := runTcptrace(t, nil, exe, "listeners", "-o", "json", "--port", "7072")
+	high := netstat(t, ln.pid())["ListenDrops"]
+	if code != 0 {
+		t.Fatalf("listeners: exit %d: %s", code, stderr)
+	}
+	var rows []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("%q: %v", line, err)
+		}
+		if uint32(m["netns"].(float64)) == ns.ino {
+			rows = append(rows, m)
+		}
+	}
+	if len(rows) != 1 {
+		t.Fatalf("rows for our namespace: %v", rows)
+	}
+	r := rows[0]
+	drops := uint64(r["drops"].(float64))
+	if int(r["pid"].(float64)) != ln.pid() || r["backlog"] != 2.0 || r["max_backlog"] != 1.0 || drops < low || drops > high || low == 0 {
+		t.Fatalf("row %v: want pid %d, backlog 2/1, drops between %d and %d", r, ln.pid(), low, high)
+	}
+	ov.expect("done")
+	ov.wait()
+	ln.send("close")
+	ln.expect("closed")
+	ln.send("exit")
+	ln.wait()
 }

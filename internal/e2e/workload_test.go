@@ -32,6 +32,7 @@ func runWorkload(role string, args []string) error {
 	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
 	serverFirst := fs.Bool("server-first", false, "storm: the server closes first")
 	backlog := fs.Int("backlog", 1, "backlog1: the listen backlog")
+	deferredN := fs.Int("deferred", 3, "overflow: clients whose final ACK is held back")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -62,7 +63,7 @@ func runWorkload(role string, args []string) error {
 		waitLine(in, "exit") // stay, so the test can read this namespace's counters
 		return nil
 	case "overflow":
-		return runOverflow(*addr, *count)
+		return runOverflow(*addr, *count, *deferredN)
 	case "synburst":
 		return runSynBurst(*addr, *count)
 	case "leaker":
@@ -351,7 +352,7 @@ func runSynBurst(addr string, n int) error {
 // ~200 ms) get their SYNs in first; two plain connections then fill the
 // accept queue, so the delayed ACKs overflow it (TCP_LISTEN_OVERFLOW); then n
 // more SYNs are dropped on arrival, and retried, for a few seconds.
-func runOverflow(addr string, n int) error {
+func runOverflow(addr string, n, nDeferred int) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
 		return err
@@ -359,7 +360,7 @@ func runOverflow(addr string, n int) error {
 	sa := &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	connect := func(deferACK bool) (int, error) { return deferredConnect(sa, deferACK) }
 	var fds, deferred []int
-	for i := 0; i < 3; i++ {
+	for i := 0; i < nDeferred; i++ {
 		fd, err := connect(true)
 		if err != nil {
 			return err
