@@ -62,13 +62,7 @@ func ParseCloseWait(args []string) (*CloseWaitConfig, error) {
 		return nil, usagef("closewait: unexpected argument %q", fs.Arg(0))
 	}
 	var err error
-	if c.Output, err = output.ParseFormat(raw.output); err != nil {
-		return nil, usagef("invalid --output: %v", err)
-	}
-	if c.Filter.PIDs, err = parsePIDs(raw.pids); err != nil {
-		return nil, err
-	}
-	if c.Filter.Ports, err = parsePorts(raw.ports); err != nil {
+	if c.Output, c.Filter.PIDs, c.Filter.Ports, err = raw.common(); err != nil {
 		return nil, err
 	}
 	if c.Interval <= 0 {

@@ -108,13 +108,7 @@ func Parse(args []string) (*Config, error) {
 		return nil, usagef("unexpected argument %q (subcommands: closewait, listeners)", fs.Arg(0))
 	}
 	var err error
-	if c.Output, err = output.ParseFormat(raw.output); err != nil {
-		return nil, usagef("invalid --output: %v", err)
-	}
-	if c.PIDs, err = parsePIDs(raw.pids); err != nil {
-		return nil, err
-	}
-	if c.Ports, err = parsePorts(raw.ports); err != nil {
+	if c.Output, c.PIDs, c.Ports, err = raw.common(); err != nil {
 		return nil, err
 	}
 	for _, s := range raw.states {
@@ -162,6 +156,18 @@ func Parse(args []string) (*Config, error) {
 		c.Comm = c.Comm[:15]
 	}
 	return c, nil
+}
+
+// common parses what every subcommand shares: -o, --pid and --port.
+func (raw *rawFlags) common() (format output.Format, pids []uint32, ports []uint16, err error) {
+	if format, err = output.ParseFormat(raw.output); err != nil {
+		return 0, nil, nil, usagef("invalid --output: %v", err)
+	}
+	if pids, err = parsePIDs(raw.pids); err != nil {
+		return 0, nil, nil, err
+	}
+	ports, err = parsePorts(raw.ports)
+	return format, pids, ports, err
 }
 
 func parsePIDs(list []string) ([]uint32, error) {

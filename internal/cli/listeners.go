@@ -55,13 +55,7 @@ func ParseListeners(args []string) (*ListenersConfig, error) {
 		return nil, usagef("listeners: unexpected argument %q", fs.Arg(0))
 	}
 	var err error
-	if c.Output, err = output.ParseFormat(raw.output); err != nil {
-		return nil, usagef("invalid --output: %v", err)
-	}
-	if c.PIDs, err = parsePIDs(raw.pids); err != nil {
-		return nil, err
-	}
-	if c.Ports, err = parsePorts(raw.ports); err != nil {
+	if c.Output, c.PIDs, c.Ports, err = raw.common(); err != nil {
 		return nil, err
 	}
 	return c, nil

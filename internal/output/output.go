@@ -202,11 +202,8 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, `{"type":"state","time":"`...)
 	}
 	b = time.Unix(0, e.Time).UTC().AppendFormat(b, jsonTime)
-	b = append(b, `","pid":`...)
-	b = strconv.AppendUint(b, uint64(e.PID), 10)
-	b = append(b, `,"comm":`...)
-	b = AppendJSONString(b, e.CommBytes())
-	b = appendOwner(b, e)
+	b = append(b, '"')
+	b = appendPIDAndOwner(b, e)
 	b = append(b, `,"family":"`...)
 	b = append(b, e.Family.String()...)
 	b = append(b, `","laddr":"`...)
@@ -239,11 +236,7 @@ func AppendJSON(b []byte, e *event.Event) []byte {
 			b = append(b, "null"...)
 		}
 	}
-	b = append(b, `,"netns":`...)
-	b = strconv.AppendUint(b, uint64(e.NetNS), 10)
-	b = append(b, `,"sock":"`...)
-	b = strconv.AppendUint(b, e.Sock, 16)
-	return append(b, "\"}\n"...)
+	return appendSocketTail(b, e)
 }
 
 // appendDropText writes a line that stands out in the stream, e.g.
@@ -313,11 +306,7 @@ func appendDropJSON(b []byte, e *event.Event) []byte {
 	}
 	b = append(b, `,"count":`...)
 	b = strconv.AppendUint(b, d.Count, 10)
-	b = append(b, `,"pid":`...)
-	b = strconv.AppendUint(b, uint64(e.PID), 10)
-	b = append(b, `,"comm":`...)
-	b = AppendJSONString(b, e.CommBytes())
-	b = appendOwner(b, e)
+	b = appendPIDAndOwner(b, e)
 	b = append(b, `,"family":"`...)
 	b = append(b, e.Family.String()...)
 	b = append(b, `","laddr":"`...)
@@ -352,11 +341,25 @@ func appendDropJSON(b []byte, e *event.Event) []byte {
 		}
 		b = append(b, ']')
 	}
+	return appendSocketTail(b, e)
+}
+
+// appendSocketTail closes a record with the socket's namespace and identity.
+func appendSocketTail(b []byte, e *event.Event) []byte {
 	b = append(b, `,"netns":`...)
 	b = strconv.AppendUint(b, uint64(e.NetNS), 10)
 	b = append(b, `,"sock":"`...)
 	b = strconv.AppendUint(b, e.Sock, 16)
 	return append(b, "\"}\n"...)
+}
+
+// appendPIDAndOwner appends pid, comm and the owner keys.
+func appendPIDAndOwner(b []byte, e *event.Event) []byte {
+	b = append(b, `,"pid":`...)
+	b = strconv.AppendUint(b, uint64(e.PID), 10)
+	b = append(b, `,"comm":`...)
+	b = AppendJSONString(b, e.CommBytes())
+	return appendOwner(b, e)
 }
 
 // appendOwner appends the owner keys after pid and comm: every holder, the

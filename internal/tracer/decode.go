@@ -57,10 +57,7 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 		NewState: tcpstate.State(r.Newstate),
 	}
 	if r.Flags&tcptraceEventFlagEVENT_OWNER_UNKNOWN == 0 {
-		ev.PID = r.Owner.Pid
-		ev.UID = r.Owner.Uid
-		ev.Comm = r.Owner.Comm
-		ev.Cgroup = r.Owner.Cgroup
+		setOwner(&r.Owner, ev)
 		ev.OwnerExited = r.Flags&tcptraceEventFlagEVENT_OWNER_EXITED != 0
 		ev.OwnerUnverified = r.Flags&tcptraceEventFlagEVENT_OWNER_UNVERIFIED != 0
 	}
@@ -69,6 +66,10 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 		ev.InStateKnown = true
 	}
 	return decodeAddrs(r.Family, &r.Saddr, &r.Daddr, ev)
+}
+
+func setOwner(o *tcptraceOwner, ev *event.Event) {
+	ev.PID, ev.UID, ev.Comm, ev.Cgroup = o.Pid, o.Uid, o.Comm, o.Cgroup
 }
 
 func decodeAddrs(family uint16, saddr, daddr *[16]byte, ev *event.Event) error {
@@ -100,9 +101,6 @@ func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Ev
 		NetNS: r.Netns,
 		LPort: r.Lport,
 		RPort: r.Rport,
-		PID:   r.Owner.Pid,
-		UID:   r.Owner.Uid,
-		Comm:  r.Owner.Comm,
 		Drop: event.Drop{
 			Count:       uint64(r.Count),
 			Backlog:     r.Backlog,
@@ -111,7 +109,7 @@ func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Ev
 			ClientKnown: tcptraceDropKind(r.Kind) == tcptraceDropKindDROP_PACKET,
 		},
 	}
-	ev.Cgroup = r.Owner.Cgroup
+	setOwner(&r.Owner, ev)
 	if ev.Drop.ClientKnown {
 		ev.Drop.KernelReason = reasons.name(r.Reason)
 		if r.Reason == reasons.listenOverflow {

@@ -1,10 +1,7 @@
 package tracer
 
 import (
-	"bufio"
 	"errors"
-	"fmt"
-	"io"
 	"net/netip"
 	"unsafe"
 
@@ -36,38 +33,24 @@ const rawListenerSize = int(unsafe.Sizeof(tcptraceListener{}))
 // since the last walk go into the stream (with --events drops), and fn, when
 // not nil, sees every listener.
 func (t *Tracer) PollListeners(fn func(*Listener)) error {
-	t.iterMu.Lock()
-	defer t.iterMu.Unlock()
-	if t.pollIter == nil {
-		return ErrNoListenerWalk
-	}
-	rc, err := t.pollIter.Open()
-	if err != nil {
-		return fmt.Errorf("open listener walk: %w", err)
-	}
-	defer rc.Close()
-	if fn == nil {
-		_, err := io.Copy(io.Discard, rc)
-		return err
-	}
-	br := bufio.NewReaderSize(rc, 64<<10)
-	buf := make([]byte, rawListenerSize)
-	var l Listener
-	for {
-		if _, err := io.ReadFull(br, buf); err == io.EOF {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("read listener walk: %w", err)
+	var read func([]byte)
+	if fn != nil {
+		var l Listener
+		read = func(rec []byte) {
+			decodeListener((*tcptraceListener)(unsafe.Pointer(&rec[0])), &l)
+			fn(&l)
 		}
-		r := (*tcptraceListener)(unsafe.Pointer(&buf[0]))
-		l = Listener{Sock: r.Skaddr, NetNS: r.Netns, Port: r.Lport, Drops: r.Drops, Backlog: r.Backlog,
-			MaxBacklog: r.MaxBacklog, SynQueue: r.SynQueue, PID: r.Owner.Pid, UID: r.Owner.Uid,
-			Comm: r.Owner.Comm, Cgroup: r.Owner.Cgroup}
-		if r.Family == afInet6 {
-			l.Family, l.Addr = event.IPv6, netip.AddrFrom16(r.Saddr)
-		} else {
-			l.Family, l.Addr = event.IPv4, netip.AddrFrom4([4]byte(r.Saddr[:4]))
-		}
-		fn(&l)
+	}
+	return t.readIter(&t.pollIter, ErrNoListenerWalk, "listener walk", rawListenerSize, read)
+}
+
+func decodeListener(r *tcptraceListener, l *Listener) {
+	*l = Listener{Sock: r.Skaddr, NetNS: r.Netns, Port: r.Lport, Drops: r.Drops, Backlog: r.Backlog,
+		MaxBacklog: r.MaxBacklog, SynQueue: r.SynQueue, PID: r.Owner.Pid, UID: r.Owner.Uid,
+		Comm: r.Owner.Comm, Cgroup: r.Owner.Cgroup}
+	if r.Family == afInet6 {
+		l.Family, l.Addr = event.IPv6, netip.AddrFrom16(r.Saddr)
+	} else {
+		l.Family, l.Addr = event.IPv4, netip.AddrFrom4([4]byte(r.Saddr[:4]))
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/event"
@@ -24,27 +25,40 @@ const rawSockFDSize = int(unsafe.Sizeof(tcptraceSockFd{}))
 // Scan runs the iter/task_file program: fn sees every TCP socket file
 // descriptor of every process. One pass over the kernel's tables, no /proc.
 func (t *Tracer) Scan(fn func(*owner.Holder)) error {
+	var h owner.Holder
+	return t.readIter(&t.iter, ErrNoScan, "socket scan", rawSockFDSize, func(rec []byte) {
+		decodeSockFD((*tcptraceSockFd)(unsafe.Pointer(&rec[0])), &h)
+		fn(&h)
+	})
+}
+
+// readIter runs the iterator in *it once, under iterMu (Detach clears *it
+// under the same lock), and hands each fixed-size record to fn; fn nil only
+// runs it.
+func (t *Tracer) readIter(it **link.Iter, missing error, what string, size int, fn func([]byte)) error {
 	t.iterMu.Lock()
 	defer t.iterMu.Unlock()
-	if t.iter == nil {
-		return ErrNoScan
+	if *it == nil {
+		return missing
 	}
-	rc, err := t.iter.Open()
+	rc, err := (*it).Open()
 	if err != nil {
-		return fmt.Errorf("open socket scan iterator: %w", err)
+		return fmt.Errorf("open %s: %w", what, err)
 	}
 	defer rc.Close()
+	if fn == nil {
+		_, err := io.Copy(io.Discard, rc)
+		return err
+	}
 	br := bufio.NewReaderSize(rc, 64<<10)
-	buf := make([]byte, rawSockFDSize)
-	var h owner.Holder
+	buf := make([]byte, size)
 	for {
 		if _, err := io.ReadFull(br, buf); err == io.EOF {
 			return nil
 		} else if err != nil {
-			return fmt.Errorf("read socket scan: %w", err)
+			return fmt.Errorf("read %s: %w", what, err)
 		}
-		decodeSockFD((*tcptraceSockFd)(unsafe.Pointer(&buf[0])), &h)
-		fn(&h)
+		fn(buf)
 	}
 }
 
