@@ -120,9 +120,11 @@ struct {
 } filter_ports SEC(".maps");
 
 /*
- * connect() moves a socket to SYN_SENT before it picks the local port, so that
- * event is held here until the port is known: at connect()'s syscall exit or
- * at the socket's next state change, whichever comes first.
+ * Events whose socket is not fully set up yet are held here until it is:
+ * connect() moves a socket to SYN_SENT before it picks the local port (held
+ * until connect() returns or the next state change); before 6.x, a new
+ * connection enters SYN_RECV before its remote address is copied in (held
+ * until the next state change, a moment later).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -189,18 +191,6 @@ static __always_inline bool is_tcp(const struct sock *sk)
 	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
 }
 
-/* Emit a held SYN_SENT event, now that sk has its local port. */
-static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr)
-{
-	struct event *e = bpf_map_lookup_elem(&pending_connects, &skaddr);
-	if (!e)
-		return;
-	e->lport = local_port(sk);
-	if (port_wanted(e))
-		output(e);
-	bpf_map_delete_elem(&pending_connects, &skaddr);
-}
-
 static __always_inline void owner_is_current(struct owner *o, __u64 now)
 {
 	o->since = now;
@@ -260,6 +250,22 @@ static __always_inline __u16 read_addrs(const struct sock *sk, __u8 *saddr, __u8
 		return AF_INET;
 	}
 	return family;
+}
+
+/* Emit a held event, now that sk has its ports and addresses. */
+static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr)
+{
+	struct event *e = bpf_map_lookup_elem(&pending_connects, &skaddr);
+	if (!e)
+		return;
+	e->lport = local_port(sk);
+	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	__u16 family = read_addrs(sk, e->saddr, e->daddr);
+	if (family)
+		e->family = family;
+	if (port_wanted(e))
+		output(e);
+	bpf_map_delete_elem(&pending_connects, &skaddr);
 }
 
 /* Whether a change from oldstate to newstate is wanted by --state and friends. */
@@ -391,8 +397,8 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	else if (si == &fresh)
 		bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_ANY);
 
-	/* Keep the stream in order: a held SYN_SENT goes out before what follows it. */
-	if (oldstate == TCP_SYN_SENT)
+	/* Keep the stream in order: a held event goes out before what follows it. */
+	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
 		flush_pending(sk, skaddr);
 
 	if (!change_wanted(oldstate, newstate))
@@ -415,6 +421,9 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 			return 0;
 		}
 		/* No room to hold it: send it now, port unknown, rather than lose it. */
+	} else if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && e.rport == 0) {
+		if (!bpf_map_update_elem(&pending_connects, &skaddr, &e, BPF_ANY))
+			return 0;
 	}
 	if (!port_wanted(&e))
 		return 0;
