@@ -592,6 +592,7 @@ int scan_socks(struct bpf_iter__task_file *ctx)
 	if (!h.family)
 		return 0;
 	h.sk = (__u64)sk;
+	h.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	h.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (h.state == TCP_LISTEN)
 		watch_listener(sk);

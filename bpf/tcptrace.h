@@ -55,6 +55,8 @@ struct sock_fd {
 	__u8 pad;
 	__u8 saddr[16];
 	__u8 daddr[16];
+	__u32 netns;
+	__u32 pad2;
 };
 
 /* One state change of a TCP socket. Field order keeps it free of holes. */

@@ -18,6 +18,7 @@ import (
 	"github.com/tcptrace/tcptrace/internal/dropfold"
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/latency"
+	"github.com/tcptrace/tcptrace/internal/listendrops"
 	"github.com/tcptrace/tcptrace/internal/output"
 	"github.com/tcptrace/tcptrace/internal/owner"
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
@@ -134,6 +135,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.EmitDrops {
 		pollEvery = listenerPollEvery
 		p.folder = dropfold.New(cfg.DropRate)
+		p.limit = listendrops.New(listendrops.ProcReader)
+		owners.EachHolder(func(h *owner.Holder) {
+			if h.State == tcpstate.Listen {
+				p.limit.Start(h.NetNS, h.PID)
+			}
+		})
+		p.limit.Start(uint32(selfNetNS()), uint32(os.Getpid()))
 	}
 	st, err := tr.RunPolling(ctx, drainEvery, pollEvery, p)
 	if err == nil && p.folder != nil {
@@ -183,6 +191,7 @@ type pipeline struct {
 	owners    *owner.Resolver
 	stuck     *closewait.Stuck // --close-wait-alert
 	folder    *dropfold.Folder // --drop-rate
+	limit     *listendrops.Limiter
 	comm      string
 	pids      []uint32
 	stateMask uint32             // --state, when the kernel lets more through for the alert
@@ -194,6 +203,9 @@ func (p *pipeline) Record(e *event.Event) error {
 	if e.Kind == event.KindDrop {
 		if p.owners != nil {
 			p.owners.Enrich(e, tracer.Mono)
+		}
+		if p.limit != nil && !p.limit.Limit(e) {
+			return nil
 		}
 		if !p.wanted(e) || (p.folder != nil && !p.folder.Take(e)) {
 			return nil
@@ -251,6 +263,9 @@ func (p *pipeline) wanted(e *event.Event) bool {
 }
 
 func (p *pipeline) Idle() error {
+	if p.limit != nil {
+		p.limit.Tick()
+	}
 	if p.folder != nil {
 		if err := p.folder.Flush(tracer.Mono(), false, p.out.Write); err != nil {
 			return err
@@ -262,6 +277,15 @@ func (p *pipeline) Idle() error {
 		}
 	}
 	return p.out.Flush()
+}
+
+// selfNetNS is the inode of tcptrace's own network namespace.
+func selfNetNS() uint64 {
+	var st unix.Stat_t
+	if unix.Stat("/proc/self/ns/net", &st) != nil {
+		return 0
+	}
+	return st.Ino
 }
 
 func isTerminal(w io.Writer) bool {

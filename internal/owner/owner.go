@@ -30,6 +30,7 @@ type Holder struct {
 
 	// LastActive is the socket's last send or receive (CLOCK_MONOTONIC ns).
 	LastActive   uint64
+	NetNS        uint32
 	State        tcpstate.State
 	Family       event.Family
 	LAddr, RAddr netip.Addr

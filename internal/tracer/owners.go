@@ -65,7 +65,7 @@ func (t *Tracer) readIter(it **link.Iter, missing error, what string, size int, 
 func decodeSockFD(r *tcptraceSockFd, h *owner.Holder) {
 	*h = owner.Holder{Sock: r.Sk, Start: r.StartTime, Since: r.Owner.Since, PID: r.Owner.Pid,
 		UID: r.Owner.Uid, Cgroup: r.Owner.Cgroup, Comm: r.Owner.Comm,
-		LastActive: r.LastActive, State: tcpstate.State(r.State), LPort: r.Lport, RPort: r.Rport}
+		LastActive: r.LastActive, NetNS: r.Netns, State: tcpstate.State(r.State), LPort: r.Lport, RPort: r.Rport}
 	if r.Family == afInet6 {
 		h.Family = event.IPv6
 		h.LAddr, h.RAddr = netip.AddrFrom16(r.Saddr), netip.AddrFrom16(r.Daddr)

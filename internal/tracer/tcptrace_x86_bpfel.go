@@ -135,6 +135,8 @@ type tcptraceSockFd struct {
 	Pad        uint8
 	Saddr      [16]uint8
 	Daddr      [16]uint8
+	Netns      uint32
+	Pad2       uint32
 }
 
 type tcptraceSockInfo struct {
