@@ -351,11 +351,16 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	e.lport = local_port(sk);
 
-	/* Socket bookkeeping runs for every socket, filtered or not. */
+	/* Socket bookkeeping runs for every socket, filtered or not. A socket
+	 * leaving CLOSE, or a new connection's socket, starts a new life: nothing
+	 * recorded at the same address before may carry over. */
+	bool born = oldstate == TCP_CLOSE || (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV);
 	struct sock_info fresh = {};
-	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+	struct sock_info *si = born ? NULL : bpf_map_lookup_elem(&socks, &skaddr);
 	if (!si)
 		si = &fresh;
+	if (born)
+		bpf_map_delete_elem(&pending_connects, &skaddr);
 	if (si->state_ts) {
 		e.in_state_ns = now - si->state_ts;
 		e.flags |= EVENT_IN_STATE_KNOWN;
