@@ -125,11 +125,17 @@ func TestOwnerAfterFork(t *testing.T) {
 	}
 }
 
-// TestOwnerExited: the client closes and exits while its socket waits in
+// TestOwnerExited: the client closes and exits while its socket lingers in
 // FIN_WAIT2; the final CLOSE still names it, marked as exited.
 func TestOwnerExited(t *testing.T) {
 	needRoot(t)
 	ns := newNetNS(t)
+	// With tcp_fin_timeout at most 60 s the kernel swaps an orphaned
+	// FIN_WAIT2 socket for a timewait socket at once (the full socket's CLOSE
+	// then comes before the owner exits); above it, the socket itself lingers.
+	if err := ns.sysctl("net/ipv4/tcp_fin_timeout", "120"); err != nil {
+		t.Fatal(err)
+	}
 	tr := startTracer(t)
 	srv := startRole(t, ns, "server", "-addr", "127.0.0.1:7001", "-hold")
 	srv.expect("listening")
@@ -147,7 +153,14 @@ func TestOwnerExited(t *testing.T) {
 		return int(r.LPort) == cport && r.OldState == "FIN_WAIT2" && r.NewState == "CLOSE"
 	})
 	if r.PID != cli.pid() || !r.Exited {
-		t.Errorf("orphan's final CLOSE: pid %d exited %v, want %d exited true", r.PID, r.Exited, cli.pid())
+		var mine []record
+		for _, x := range tr.states(ns) {
+			if int(x.LPort) == cport || int(x.RPort) == cport {
+				mine = append(mine, x)
+			}
+		}
+		t.Errorf("orphan's final CLOSE: pid %d exited %v, want %d exited true; the connection:\n%s",
+			r.PID, r.Exited, cli.pid(), dump(mine))
 	}
 	tr.stopClean()
 	for _, r := range tr.states(ns) {
