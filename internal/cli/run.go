@@ -204,12 +204,11 @@ func (p *pipeline) Record(e *event.Event) error {
 		if p.owners != nil {
 			p.owners.Enrich(e, tracer.Mono)
 		}
-		if p.limit != nil && !p.limit.Limit(e) {
-			return nil
+		// Every drop goes past the namespace's counters, filtered or not.
+		if p.limit != nil {
+			return p.limit.Apply(e, p.writeDrop)
 		}
-		if !p.wanted(e) || (p.folder != nil && !p.folder.Take(e)) {
-			return nil
-		}
+		return p.writeDrop(e)
 	}
 	if e.Kind == event.KindState {
 		if p.owners != nil {
@@ -229,6 +228,13 @@ func (p *pipeline) Record(e *event.Event) error {
 	}
 	if p.ages != nil {
 		p.ages.Add(time.Duration(time.Now().UnixNano() - e.Time))
+	}
+	return p.out.Write(e)
+}
+
+func (p *pipeline) writeDrop(e *event.Event) error {
+	if !p.wanted(e) || (p.folder != nil && !p.folder.Take(e)) {
+		return nil
 	}
 	return p.out.Write(e)
 }

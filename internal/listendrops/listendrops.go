@@ -1,5 +1,6 @@
 // Package listendrops keeps the drop counts tcptrace reports true to each
-// network namespace's own ListenDrops counter (/proc/net/netstat).
+// network namespace's own counters (ListenDrops, TCPReqQFullDrop in
+// /proc/net/netstat).
 //
 // Counts come from each listener's drop counter, sk_drops, which grows with
 // every listen drop but, on some paths, also with a packet the listener
@@ -20,9 +21,15 @@ import (
 	"github.com/tcptrace/tcptrace/internal/event"
 )
 
-// Reader reads ListenDrops of the network namespace netns through process
+// Counters are a namespace's TcpExt counters that drops are checked against.
+type Counters struct {
+	ListenDrops  uint64 // every listen drop
+	ReqQFullDrop uint64 // SYNs dropped for a full SYN queue (syncookies off)
+}
+
+// Reader reads the counters of the network namespace netns through process
 // pid (which must live in it).
-type Reader func(netns, pid uint32) (uint64, bool)
+type Reader func(netns, pid uint32) (Counters, bool)
 
 // Limiter tracks each namespace's reported count against its counter.
 type Limiter struct {
@@ -31,10 +38,10 @@ type Limiter struct {
 }
 
 type budget struct {
-	base     uint64 // ListenDrops when counting started
-	reported uint64
-	last     uint64 // the latest reading, good until Tick
-	fresh    bool
+	base, last Counters // when counting started; the latest reading, good until Tick
+	fresh      bool
+	reported   uint64 // drops reported
+	reportedQ  uint64 // of which as syn_queue_full
 }
 
 // New returns a Limiter reading counters with read (ProcReader in production).
@@ -53,11 +60,14 @@ func (l *Limiter) Start(netns, pid uint32) {
 	}
 }
 
-// Limit cuts a drop record's count to what its namespace's counter allows;
-// false means nothing is left to report.
-func (l *Limiter) Limit(e *event.Event) bool {
+// Apply checks a drop record against its namespace's counters and emits what
+// stands: its count cut to what ListenDrops allows, and a counted record split
+// so that exactly as many drops are named syn_queue_full as the namespace's
+// TCPReqQFullDrop grew by (the listener's queues, read a moment later, can
+// mislead). Other records pass through emit unchanged.
+func (l *Limiter) Apply(e *event.Event, emit func(*event.Event) error) error {
 	if e.Kind != event.KindDrop || e.PID == 0 {
-		return true
+		return emit(e)
 	}
 	b := l.ns[e.NetNS]
 	if b == nil || !b.fresh || e.Drop.Count > b.allowed() {
@@ -65,21 +75,57 @@ func (l *Limiter) Limit(e *event.Event) bool {
 		// nothing is cut on a stale reading.
 		now, ok := l.read(e.NetNS, e.PID)
 		if !ok {
-			return true // no way to check: report what the listener counted
+			return emit(e) // no way to check: report what the listener counted
 		}
 		if b == nil {
-			// A namespace first seen now: its counter already holds this record.
-			b = &budget{base: now - min(now, e.Drop.Count)}
+			// A namespace first seen now: its counters already hold this record.
+			b = &budget{base: now}
+			b.base.ListenDrops -= min(now.ListenDrops, e.Drop.Count)
+			if e.Drop.Reason == "syn_queue_full" {
+				b.base.ReqQFullDrop -= min(now.ReqQFullDrop, e.Drop.Count)
+			}
 			l.ns[e.NetNS] = b
 		}
 		b.last, b.fresh = now, true
 	}
 	e.Drop.Count = min(e.Drop.Count, b.allowed())
+	if e.Drop.Count == 0 {
+		return nil
+	}
 	b.reported += e.Drop.Count
-	return e.Drop.Count > 0
+	if e.Drop.ClientKnown {
+		return emit(e) // a packet the kernel named: not a SYN-queue drop
+	}
+	q := min(e.Drop.Count, b.allowedQ())
+	b.reportedQ += q
+	rest := e.Drop.Count - q
+	if rest > 0 && e.Drop.Reason == "syn_queue_full" {
+		e.Drop.Reason = "listen_drop" // its queues said so, its namespace says otherwise
+		if e.Drop.Backlog > e.Drop.MaxBacklog {
+			e.Drop.Reason = "accept_queue_full"
+		}
+	}
+	if q > 0 {
+		sq := *e
+		sq.Drop.Count, sq.Drop.Reason = q, "syn_queue_full"
+		if err := emit(&sq); err != nil {
+			return err
+		}
+	}
+	if rest == 0 {
+		return nil
+	}
+	e.Drop.Count = rest
+	return emit(e)
 }
 
-func (b *budget) allowed() uint64 { return b.last - min(b.last, b.base+b.reported) }
+func (b *budget) allowed() uint64 {
+	return b.last.ListenDrops - min(b.last.ListenDrops, b.base.ListenDrops+b.reported)
+}
+
+func (b *budget) allowedQ() uint64 {
+	return b.last.ReqQFullDrop - min(b.last.ReqQFullDrop, b.base.ReqQFullDrop+b.reportedQ)
+}
 
 // Tick ends a drain: the next record of each namespace reads its counter anew.
 func (l *Limiter) Tick() {
@@ -90,20 +136,20 @@ func (l *Limiter) Tick() {
 
 // ProcReader reads /proc/PID/net/netstat after checking that PID lives in
 // netns (its /proc/PID/ns/net inode).
-func ProcReader(netns, pid uint32) (uint64, bool) {
+func ProcReader(netns, pid uint32) (Counters, bool) {
 	var st syscall.Stat_t
 	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st); err != nil || uint32(st.Ino) != netns {
-		return 0, false
+		return Counters{}, false
 	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/net/netstat", pid))
 	if err != nil {
-		return 0, false
+		return Counters{}, false
 	}
 	defer f.Close()
-	return parseListenDrops(bufio.NewScanner(f))
+	return parseCounters(bufio.NewScanner(f))
 }
 
-func parseListenDrops(sc *bufio.Scanner) (uint64, bool) {
+func parseCounters(sc *bufio.Scanner) (Counters, bool) {
 	var names []string
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
@@ -114,13 +160,23 @@ func parseListenDrops(sc *bufio.Scanner) (uint64, bool) {
 			names = fields
 			continue
 		}
+		var c Counters
+		found := 0
 		for i, n := range names {
-			if n == "ListenDrops" && i < len(fields) {
-				v, err := strconv.ParseUint(fields[i], 10, 64)
-				return v, err == nil
+			if i >= len(fields) {
+				break
+			}
+			v, err := strconv.ParseUint(fields[i], 10, 64)
+			switch {
+			case err != nil:
+			case n == "ListenDrops":
+				c.ListenDrops = v
+				found++
+			case n == "TCPReqQFullDrop":
+				c.ReqQFullDrop = v
 			}
 		}
-		return 0, false
+		return c, found == 1
 	}
-	return 0, false
+	return Counters{}, false
 }

@@ -8,103 +8,125 @@ import (
 	"github.com/tcptrace/tcptrace/internal/event"
 )
 
-// counter is a namespace's ListenDrops as the test scripts it.
-type counter map[uint32]uint64
+// counter is each namespace's counters as the test scripts them.
+type counter map[uint32]Counters
 
-func (c counter) read(netns, pid uint32) (uint64, bool) {
+func (c counter) read(netns, pid uint32) (Counters, bool) {
 	v, ok := c[netns]
 	return v, ok
 }
 
-func drop(netns uint32, n uint64) *event.Event {
-	return &event.Event{Kind: event.KindDrop, NetNS: netns, PID: 42, Drop: event.Drop{Count: n}}
+func drop(netns uint32, n uint64, reason string) *event.Event {
+	return &event.Event{Kind: event.KindDrop, NetNS: netns, PID: 42, Drop: event.Drop{Count: n, Reason: reason, MaxBacklog: 4}}
+}
+
+// collect applies e and returns what came out.
+func collect(t *testing.T, l *Limiter, e *event.Event) []event.Event {
+	t.Helper()
+	var out []event.Event
+	if err := l.Apply(e, func(x *event.Event) error { out = append(out, *x); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func sum(es []event.Event) (n uint64) {
+	for _, e := range es {
+		n += e.Drop.Count
+	}
+	return n
 }
 
 func TestExcessIsCutAndTotalsMatch(t *testing.T) {
-	c := counter{7: 100}
+	c := counter{7: {ListenDrops: 100}}
 	l := New(c.read)
 	l.Start(7, 1)
-	var sum uint64
-	// 10 real drops, reported as 12 (two double-counted overflows).
-	c[7] = 110
-	for _, n := range []uint64{5, 7} {
-		e := drop(7, n)
-		if l.Limit(e) {
-			sum += e.Drop.Count
-		}
+	// 10 real drops, counted as 12 at the listener (two double-counted overflows).
+	c[7] = Counters{ListenDrops: 110}
+	got := sum(collect(t, l, drop(7, 5, "accept_queue_full"))) + sum(collect(t, l, drop(7, 7, "accept_queue_full")))
+	if got != 10 {
+		t.Fatalf("reported %d, the namespace counted 10", got)
 	}
-	if sum != 10 {
-		t.Fatalf("reported %d, the namespace counted 10", sum)
+	c[7] = Counters{ListenDrops: 113}
+	if out := collect(t, l, drop(7, 3, "accept_queue_full")); sum(out) != 3 {
+		t.Fatalf("next record: %+v", out)
 	}
-	// Later drops are not cut because of the earlier excess.
-	c[7] = 113
-	e := drop(7, 3)
-	if !l.Limit(e) || e.Drop.Count != 3 {
-		t.Fatalf("next record: %+v", e.Drop)
+}
+
+func TestSynQueueDropsFollowTheCounter(t *testing.T) {
+	c := counter{7: {}}
+	l := New(c.read)
+	l.Start(7, 1)
+	// 8 drops, 5 of them for a full SYN queue, all named by the queues as accept queue drops.
+	c[7] = Counters{ListenDrops: 8, ReqQFullDrop: 5}
+	out := collect(t, l, drop(7, 8, "accept_queue_full"))
+	if len(out) != 2 || out[0].Drop.Reason != "syn_queue_full" || out[0].Drop.Count != 5 ||
+		out[1].Drop.Reason != "accept_queue_full" || out[1].Drop.Count != 3 {
+		t.Fatalf("split: %+v", out)
+	}
+	// Named syn_queue_full by the queues, but the counter did not grow: relabelled.
+	c[7] = Counters{ListenDrops: 10, ReqQFullDrop: 5}
+	out = collect(t, l, drop(7, 2, "syn_queue_full"))
+	if len(out) != 1 || out[0].Drop.Reason != "listen_drop" {
+		t.Fatalf("relabel: %+v", out)
 	}
 }
 
 func TestRecordAheadOfCounterIsHeldToIt(t *testing.T) {
-	c := counter{7: 0}
+	c := counter{7: {}}
 	l := New(c.read)
 	l.Start(7, 1)
-	c[7] = 4
-	e := drop(7, 6)
-	if !l.Limit(e) || e.Drop.Count != 4 {
-		t.Fatalf("count %d, want the namespace's 4", e.Drop.Count)
+	c[7] = Counters{ListenDrops: 4}
+	if out := collect(t, l, drop(7, 6, "listen_drop")); sum(out) != 4 {
+		t.Fatalf("count %d, want the namespace's 4", sum(out))
 	}
-	e = drop(7, 1)
-	if l.Limit(e) {
-		t.Fatalf("a record beyond the counter went through: %+v", e.Drop)
+	if out := collect(t, l, drop(7, 1, "listen_drop")); len(out) != 0 {
+		t.Fatalf("a record beyond the counter went through: %+v", out)
+	}
+}
+
+func TestCachedReadingNeverCuts(t *testing.T) {
+	c := counter{7: {}}
+	reads := 0
+	l := New(func(ns, pid uint32) (Counters, bool) { reads++; return c.read(ns, pid) })
+	l.Start(7, 1)
+	c[7] = Counters{ListenDrops: 2}
+	collect(t, l, drop(7, 2, "listen_drop"))
+	c[7] = Counters{ListenDrops: 5} // more drops since the cached reading
+	if out := collect(t, l, drop(7, 3, "listen_drop")); sum(out) != 3 {
+		t.Fatalf("cut on a stale reading: %+v", out)
+	}
+	before := reads
+	l.Tick()
+	collect(t, l, drop(7, 0, "listen_drop"))
+	if reads != before+1 {
+		t.Fatal("no fresh reading after Tick")
 	}
 }
 
 func TestUnreadableNamespacePassesThrough(t *testing.T) {
 	l := New(counter{}.read)
-	e := drop(9, 5)
-	if !l.Limit(e) || e.Drop.Count != 5 {
-		t.Fatal("a namespace whose counter cannot be read must not lose records")
+	if out := collect(t, l, drop(9, 5, "listen_drop")); sum(out) != 5 {
+		t.Fatal("a namespace whose counters cannot be read must not lose records")
 	}
-	states := &event.Event{Kind: event.KindState}
-	if !l.Limit(states) {
-		t.Fatal("state records are not limited")
+	if out := collect(t, l, &event.Event{Kind: event.KindState}); len(out) != 1 {
+		t.Fatal("state records pass")
 	}
 }
 
 func TestFirstSightTakesTheRecordAsItsOwn(t *testing.T) {
-	c := counter{3: 50}
+	c := counter{3: {ListenDrops: 50, ReqQFullDrop: 9}}
 	l := New(c.read)
-	e := drop(3, 4)
-	if !l.Limit(e) || e.Drop.Count != 4 {
-		t.Fatalf("first record: %+v", e.Drop)
+	out := collect(t, l, drop(3, 4, "syn_queue_full"))
+	if sum(out) != 4 || out[0].Drop.Reason != "syn_queue_full" {
+		t.Fatalf("first record: %+v", out)
 	}
 }
 
-func TestParseListenDrops(t *testing.T) {
-	in := "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 5 7\nIpExt: InNoRoutes\nIpExt: 0\n"
-	v, ok := parseListenDrops(bufio.NewScanner(strings.NewReader(in)))
-	if !ok || v != 7 {
-		t.Fatalf("got %d %v", v, ok)
-	}
-}
-
-func TestCachedReadingNeverCuts(t *testing.T) {
-	c := counter{7: 0}
-	reads := 0
-	l := New(func(ns, pid uint32) (uint64, bool) { reads++; return c.read(ns, pid) })
-	l.Start(7, 1)
-	c[7] = 2
-	e := drop(7, 2)
-	l.Limit(e)
-	c[7] = 5 // more drops, counted since the cached reading
-	e = drop(7, 3)
-	if !l.Limit(e) || e.Drop.Count != 3 {
-		t.Fatalf("cut on a stale reading: %+v", e.Drop)
-	}
-	before := reads
-	l.Tick()
-	l.Limit(drop(7, 0))
-	if reads != before+1 {
-		t.Fatalf("no fresh reading after Tick")
+func TestParseCounters(t *testing.T) {
+	in := "TcpExt: SyncookiesSent ListenOverflows ListenDrops TCPReqQFullDrop\nTcpExt: 0 5 7 3\nIpExt: InNoRoutes\nIpExt: 0\n"
+	c, ok := parseCounters(bufio.NewScanner(strings.NewReader(in)))
+	if !ok || c.ListenDrops != 7 || c.ReqQFullDrop != 3 {
+		t.Fatalf("got %+v %v", c, ok)
 	}
 }
