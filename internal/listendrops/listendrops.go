@@ -78,12 +78,10 @@ func (l *Limiter) Apply(e *event.Event, emit func(*event.Event) error) error {
 			return emit(e) // no way to check: report what the listener counted
 		}
 		if b == nil {
-			// A namespace first seen now: its counters already hold this record.
-			b = &budget{base: now}
-			b.base.ListenDrops -= min(now.ListenDrops, e.Drop.Count)
-			if e.Drop.Reason == "syn_queue_full" {
-				b.base.ReqQFullDrop -= min(now.ReqQFullDrop, e.Drop.Count)
-			}
+			// A namespace that had no listener when tracing started is, but
+			// for rare cases, new since: its counters started at zero. (For
+			// an older one, this only means nothing is cut.)
+			b = &budget{}
 			l.ns[e.NetNS] = b
 		}
 		b.last, b.fresh = now, true

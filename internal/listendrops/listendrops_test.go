@@ -114,12 +114,18 @@ func TestUnreadableNamespacePassesThrough(t *testing.T) {
 	}
 }
 
-func TestFirstSightTakesTheRecordAsItsOwn(t *testing.T) {
-	c := counter{3: {ListenDrops: 50, ReqQFullDrop: 9}}
+func TestNamespaceFirstSeenLaterCountsFromZero(t *testing.T) {
+	// A new namespace (a container started after tcptrace): 9 drops so far,
+	// 5 of them for a full SYN queue; the first record carries only 6 yet.
+	c := counter{3: {ListenDrops: 9, ReqQFullDrop: 5}}
 	l := New(c.read)
-	out := collect(t, l, drop(3, 4, "syn_queue_full"))
-	if sum(out) != 4 || out[0].Drop.Reason != "syn_queue_full" {
+	out := collect(t, l, drop(3, 6, "accept_queue_full"))
+	if sum(out) != 6 || out[0].Drop.Reason != "syn_queue_full" || out[0].Drop.Count != 5 {
 		t.Fatalf("first record: %+v", out)
+	}
+	// The drops the first record did not carry yet are not cut later.
+	if out := collect(t, l, drop(3, 3, "accept_queue_full")); sum(out) != 3 {
+		t.Fatalf("second record: %+v", out)
 	}
 }
 
