@@ -115,7 +115,6 @@ struct inet_connection_sock {
 } __attribute__((preserve_access_index));
 
 struct sk_buff {
-	struct sock *sk;
 	unsigned char *head;
 	__u16 transport_header;
 	__u16 network_header;

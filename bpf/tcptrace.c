@@ -666,18 +666,11 @@ static __always_inline int handle_kfree(struct sk_buff *skb, __u32 reason, const
 	return 0;
 }
 
-/* 6.11+: the listener is rx_sk. */
+/* The listener is rx_sk (6.11+; TCP_LISTEN_OVERFLOW itself came in 6.15). */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_rx_sk, struct sk_buff *skb, void *location, int reason, struct sock *rx_sk)
 {
 	return handle_kfree(skb, reason, rx_sk);
-}
-
-/* 5.17 to 6.10: no rx_sk; the listener is skb->sk when set. */
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(kfree_skb_sk, struct sk_buff *skb, void *location, int reason)
-{
-	return handle_kfree(skb, reason, BPF_CORE_READ(skb, sk));
 }
 
 /*

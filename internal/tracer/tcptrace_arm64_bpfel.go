@@ -165,7 +165,6 @@ const (
 	tcptraceProgForkBtf        = "fork_btf"
 	tcptraceProgForkRaw        = "fork_raw"
 	tcptraceProgKfreeRxSk      = "kfree_rx_sk"
-	tcptraceProgKfreeSkbSk     = "kfree_skb_sk"
 	tcptraceProgPollListeners  = "poll_listeners"
 	tcptraceProgScanSocks      = "scan_socks"
 	tcptraceProgStateBtf       = "state_btf"
@@ -227,7 +226,6 @@ type tcptraceProgramSpecs struct {
 	ForkBtf       *ebpf.ProgramSpec `ebpf:"fork_btf"`
 	ForkRaw       *ebpf.ProgramSpec `ebpf:"fork_raw"`
 	KfreeRxSk     *ebpf.ProgramSpec `ebpf:"kfree_rx_sk"`
-	KfreeSkbSk    *ebpf.ProgramSpec `ebpf:"kfree_skb_sk"`
 	PollListeners *ebpf.ProgramSpec `ebpf:"poll_listeners"`
 	ScanSocks     *ebpf.ProgramSpec `ebpf:"scan_socks"`
 	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
@@ -334,7 +332,6 @@ type tcptracePrograms struct {
 	ForkBtf       *ebpf.Program `ebpf:"fork_btf"`
 	ForkRaw       *ebpf.Program `ebpf:"fork_raw"`
 	KfreeRxSk     *ebpf.Program `ebpf:"kfree_rx_sk"`
-	KfreeSkbSk    *ebpf.Program `ebpf:"kfree_skb_sk"`
 	PollListeners *ebpf.Program `ebpf:"poll_listeners"`
 	ScanSocks     *ebpf.Program `ebpf:"scan_socks"`
 	StateBtf      *ebpf.Program `ebpf:"state_btf"`
@@ -351,7 +348,6 @@ func (p *tcptracePrograms) Close() error {
 		p.ForkBtf,
 		p.ForkRaw,
 		p.KfreeRxSk,
-		p.KfreeSkbSk,
 		p.PollListeners,
 		p.ScanSocks,
 		p.StateBtf,

@@ -146,8 +146,7 @@ func (t *Tracer) features(opts *Options) []feature {
 		name:     "drop reasons",
 		degraded: "drops are counted per listener, without the client's address or the kernel's reason",
 		candidates: []candidate{
-			{"tp_btf/kfree_skb (rx_sk)", "tp_btf", "kfree_rx_sk", tpBTF},
-			{"tp_btf/kfree_skb (skb->sk)", "tp_btf", "kfree_skb_sk", tpBTF},
+			{"tp_btf/kfree_skb", "tp_btf", "kfree_rx_sk", tpBTF},
 		},
 	}
 	if t.reasons.listenOverflow == 0 {
