@@ -50,7 +50,7 @@ func TestParseErrorsAreUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--bogus"}, {"--state", "nope"}, {"--port", "0"}, {"--port", "65536"}, {"--pid", "-3"},
 		{"-o", "xml"}, {"-4", "-6"}, {"--duration", "0s"}, {"--ring-size", "3000"}, {"--ring-size", "1K"},
-		{"--state-hook", "kprobe"}, {"listen"},
+		{"--hook-kind", "kprobe"}, {"listen"},
 	} {
 		_, err := Parse(args)
 		var ue *UsageError
@@ -85,8 +85,8 @@ func TestHelpAndVersionNeedNoPrivilege(t *testing.T) {
 			t.Errorf("help lacks %s", flag)
 		}
 	}
-	if strings.Contains(out.String(), "--state-hook") {
-		t.Error("help shows the hidden --state-hook")
+	if strings.Contains(out.String(), "--hook-kind") {
+		t.Error("help shows the hidden --hook-kind")
 	}
 	out.Reset()
 	if err := Run(t.Context(), []string{"--version"}, &out, &errb); err != nil || !strings.HasPrefix(out.String(), "tcptrace ") {

@@ -45,8 +45,9 @@ type Config struct {
 	Version        bool
 	Help           bool
 
-	// StateHook forces the state-change hook (hidden; for tests and debugging).
-	StateHook string
+	// HookKind forces one kind of hook where a feature has it (hidden; for
+	// tests and debugging).
+	HookKind string
 	// NoMountTracefs forbids mounting tracefs for the classic-tracepoint fallback.
 	NoMountTracefs bool
 }
@@ -81,9 +82,9 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached and why others are not")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	fs.BoolVarP(&c.Help, "help", "h", false, "show this help")
-	fs.StringVar(&c.StateHook, "state-hook", "", "force the state-change hook: "+strings.Join(tracer.StateHookKinds, ", "))
+	fs.StringVar(&c.HookKind, "hook-kind", "", "force this kind of hook wherever a feature has one: "+strings.Join(tracer.HookKinds, ", "))
 	fs.BoolVar(&c.NoMountTracefs, "no-mount-tracefs", false, "never mount tracefs, even when only the classic tracepoint is left")
-	fs.MarkHidden("state-hook")
+	fs.MarkHidden("hook-kind")
 	return fs
 }
 
@@ -148,8 +149,8 @@ func Parse(args []string) (*Config, error) {
 	if c.RingSize, err = parseSize(raw.ringSize); err != nil {
 		return nil, usagef("invalid --ring-size %q: %v", raw.ringSize, err)
 	}
-	if c.StateHook != "" && !contains(tracer.StateHookKinds, c.StateHook) {
-		return nil, usagef("invalid --state-hook %q: want one of %s", c.StateHook, strings.Join(tracer.StateHookKinds, ", "))
+	if c.HookKind != "" && !contains(tracer.HookKinds, c.HookKind) {
+		return nil, usagef("invalid --hook-kind %q: want one of %s", c.HookKind, strings.Join(tracer.HookKinds, ", "))
 	}
 	if len(c.Comm) > 15 {
 		// The kernel keeps 15 bytes of a command name.

@@ -85,7 +85,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		PIDs:         cfg.PIDs,
 		Ports:        cfg.Ports,
 		RingBytes:    cfg.RingSize,
-		StateHook:    cfg.StateHook,
+		HookKind:     cfg.HookKind,
 		MountTracefs: !cfg.NoMountTracefs,
 		EmitStates:   cfg.EmitStates,
 		EmitDrops:    cfg.EmitDrops,

@@ -130,7 +130,7 @@ func TestDuration(t *testing.T) {
 func TestTracepointLeavesTracefsAsFound(t *testing.T) {
 	needRoot(t)
 	before := tracefsMounted(t)
-	tr := startTracer(t, "--state-hook", "tracepoint")
+	tr := startTracer(t, "--hook-kind", "tracepoint")
 	if !tracefsMounted(t) {
 		t.Fatal("tracepoint path is active but tracefs is not mounted")
 	}

@@ -126,13 +126,22 @@ func TestStateChanges(t *testing.T) {
 			p := startPair(t, ns, tc.network, tc.host, 7001)
 			args := []string{"-v"}
 			if tc.hook != "" {
-				args = append(args, "--state-hook", tc.hook)
+				args = append(args, "--hook-kind", tc.hook)
 			}
 			tr := startTracer(t, args...)
 			wantHook := map[string]string{"": "tp_btf/inet_sock_set_state", "raw_tp": "raw_tp/inet_sock_set_state",
 				"tracepoint": "tracepoint/sock/inet_sock_set_state"}[tc.hook]
 			if !strings.Contains(tr.stderrText(), "state changes: "+wantHook+" (active)") {
 				t.Errorf("-v does not name %s as active:\n%s", wantHook, tr.stderrText())
+			}
+			if tc.hook == "raw_tp" {
+				// The owner features run on their raw_tp fallbacks too.
+				for _, h := range []string{"forks: raw_tp/sched_process_fork (active)", "exits: raw_tp/sched_process_exit (active)",
+					"connect port, accept owner: raw_tp/sys_exit (active)"} {
+					if !strings.Contains(tr.stderrText(), h) {
+						t.Errorf("-v lacks %q:\n%s", h, tr.stderrText())
+					}
+				}
 			}
 			p.run(t)
 			tr.waitStates(ns, 12)

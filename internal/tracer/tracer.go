@@ -36,9 +36,10 @@ type Options struct {
 	// EmitStates and EmitDrops select the record kinds (--events).
 	EmitStates, EmitDrops bool
 
-	// StateHook forces one hook for state changes ("tp_btf", "raw_tp",
-	// "tracepoint"); empty picks the best that loads.
-	StateHook string
+	// HookKind forces one kind of hook ("tp_btf", "raw_tp", "tracepoint")
+	// for every feature that has one, and for state changes; empty picks the
+	// best that loads.
+	HookKind string
 	// MountTracefs allows mounting tracefs at /sys/kernel/tracing when the
 	// classic tracepoint is the only hook left and tracefs is missing.
 	MountTracefs bool
@@ -108,15 +109,6 @@ func (t *Tracer) features(opts *Options) []feature {
 			}},
 		},
 	}
-	if opts.StateHook != "" {
-		var kept []candidate
-		for _, c := range states.candidates {
-			if c.kind == opts.StateHook {
-				kept = append(kept, c)
-			}
-		}
-		states.candidates = kept
-	}
 	sysExit := feature{
 		name: "connect port, accept owner",
 		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port, " +
@@ -185,11 +177,29 @@ func (t *Tracer) features(opts *Options) []feature {
 	if opts.EmitDrops {
 		fs = append(fs, drops)
 	}
+	if opts.HookKind != "" {
+		// Force one kind wherever a feature has it (tests reach the fallbacks so).
+		for i := range fs {
+			if kept := ofKind(fs[i].candidates, opts.HookKind); kept != nil || fs[i].required {
+				fs[i].candidates = kept
+			}
+		}
+	}
 	return fs
 }
 
-// StateHookKinds lists the values Options.StateHook accepts.
-var StateHookKinds = []string{"tp_btf", "raw_tp", "tracepoint"}
+func ofKind(cs []candidate, kind string) []candidate {
+	var kept []candidate
+	for _, c := range cs {
+		if c.kind == kind {
+			kept = append(kept, c)
+		}
+	}
+	return kept
+}
+
+// HookKinds lists the values Options.HookKind accepts.
+var HookKinds = []string{"tp_btf", "raw_tp", "tracepoint"}
 
 // Tracer owns every BPF object tcptrace loaded; Close releases them all.
 type Tracer struct {
