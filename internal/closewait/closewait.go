@@ -116,7 +116,13 @@ type Process struct {
 // each: each of them keeps it open.
 func (t *Tracker) Report(scan []owner.Holder, now uint64, f Filter) []Process {
 	byPID := map[uint32]*Process{}
-	live := map[uint64]bool{}
+	live := make(map[uint64]bool, len(scan))
+	// (pid, sock) pairs already counted: a dup()ed descriptor counts once.
+	type held struct {
+		pid  uint32
+		sock uint64
+	}
+	seen := make(map[held]struct{}, len(scan))
 	for i := range scan {
 		h := &scan[i]
 		if h.State != tcpstate.CloseWait {
@@ -130,12 +136,14 @@ func (t *Tracker) Report(scan []owner.Holder, now uint64, f Filter) []Process {
 		if age.D < f.MinAge {
 			continue // stuck at least that long is not certain
 		}
+		if _, dup := seen[held{h.PID, h.Sock}]; dup {
+			continue
+		}
+		seen[held{h.PID, h.Sock}] = struct{}{}
 		p := byPID[h.PID]
 		if p == nil {
 			p = &Process{PID: h.PID, Comm: h.Comm, UID: h.UID, Cgroup: h.Cgroup, Oldest: Age{Known: true}}
 			byPID[h.PID] = p
-		} else if slices.ContainsFunc(p.Sockets, func(s Socket) bool { return s.Sock == h.Sock }) {
-			continue // dup()ed descriptor
 		}
 		p.Sockets = append(p.Sockets, Socket{Sock: h.Sock, Family: h.Family, LAddr: h.LAddr, RAddr: h.RAddr,
 			LPort: h.LPort, RPort: h.RPort, Age: age})
