@@ -145,14 +145,20 @@ static __always_inline void count_lost(void)
 	__u32 zero = 0;
 	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 }
 
-/* Wake the reader only when enough data waits; otherwise it drains on a timer. */
+/*
+ * Wake the reader once, as the data waiting crosses the mark; otherwise it
+ * drains on a timer. Waking for every record past the mark would raise an
+ * interrupt per record, and the softirq run on its way out nests inside this
+ * program, which the kernel then skips.
+ */
 static __always_inline void output_record(void *rec, __u64 size)
 {
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	__u64 flags = BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= cfg.wakeup_bytes)
+	if (avail < cfg.wakeup_bytes && avail + size + 8 >= cfg.wakeup_bytes)
 		flags = BPF_RB_FORCE_WAKEUP;
 	if (bpf_ringbuf_output(&events, rec, size, flags))
 		count_lost();

@@ -66,7 +66,7 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 		rec      ringbuf.Record
 		ev       event.Event
 		offset   = WallOffset()
-		lost     = lostCounter{t: t}
+		lost     = lostCounter{t: t, misses: t.stateMisses}
 		polled   = time.Now()
 		pollCost time.Duration
 	)
@@ -140,6 +140,7 @@ type lostCounter struct {
 	t      *Tracer
 	perCPU []uint64
 	seen   uint64
+	misses uint64 // the state program's recursion misses, last read
 }
 
 func (l *lostCounter) report(sink Sink, st *Stats) error {
@@ -150,6 +151,11 @@ func (l *lostCounter) report(sink Sink, st *Stats) error {
 	for _, n := range l.perCPU {
 		total += n
 	}
+	// Runs the kernel skipped because a BPF program was already running on
+	// that CPU (a softirq nested in it): those state changes are lost too.
+	// After Detach the program is gone: the last reading stands.
+	l.misses = recursionMisses(l.t.stateProg, l.misses)
+	total += l.misses - l.t.stateMisses
 	if total == l.seen {
 		return nil
 	}

@@ -212,6 +212,10 @@ type Tracer struct {
 	reasons *dropReasons
 
 	pollIter *link.Iter // the listener walk (iter/bpf_map_elem)
+	// stateProg is the active state-change program: the runs the kernel
+	// skipped (recursion) are lost events too.
+	stateProg   *ebpf.Program
+	stateMisses uint64 // its recursion misses when it was attached
 	// iterMu guards both iterators: one walk at a time (each advances the
 	// drop counters), and none while Detach closes them.
 	iterMu sync.Mutex
@@ -333,6 +337,10 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 		if err == nil {
 			t.links = append(t.links, l)
 			t.progs = append(t.progs, coll)
+			if f.required {
+				t.stateProg = coll.Programs[c.prog]
+				t.stateMisses = recursionMisses(t.stateProg, 0)
+			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
 			for _, rest := range f.candidates[i+1:] {
 				t.hooks = append(t.hooks, Hook{Feature: f.name, Name: rest.name})
@@ -371,6 +379,18 @@ func (t *Tracer) loadAndAttach(spec *ebpf.CollectionSpec, c candidate) (link.Lin
 		return nil, nil, fmt.Errorf("attach %s: %w", c.name, err)
 	}
 	return l, coll, nil
+}
+
+// recursionMisses reads how often the kernel skipped p (def if unreadable).
+func recursionMisses(p *ebpf.Program, def uint64) uint64 {
+	if p == nil {
+		return def
+	}
+	s, err := p.Stats()
+	if err != nil {
+		return def
+	}
+	return s.RecursionMisses
 }
 
 func isVerifierError(err error) bool {
@@ -415,6 +435,7 @@ func (t *Tracer) Detach() error {
 		errs = append(errs, l.Close())
 	}
 	t.links = nil
+	t.stateProg = nil
 	for _, c := range t.progs {
 		c.Close()
 	}
