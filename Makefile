@@ -47,8 +47,9 @@ test: ## every test: unit tests and the root integration suite on this kernel
 
 check: deps fmt-check vet check-generate test ## what CI runs: deps, formatting, vet, fresh BPF objects, all tests
 
-bench: ## Go benchmarks of the per-event path (decode, formatting)
+bench: ## Go benchmarks of the per-event path, then .ci/bench.sh (root): a connection storm beside tcpstates and bpftrace, and 100k CLOSE_WAIT beside ss
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./...
+	GO=$(GO) ./.ci/bench.sh
 
 vmtest: ## the integration suite on Debian 5.10, 6.1 and 6.12 kernels in QEMU
 	./.ci/vmtest.sh
