@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -282,5 +283,35 @@ func TestDropJSON(t *testing.T) {
 	if m["raddr"] != nil || m["rport"] != nil || m["kernel_reason"] != nil || m["count"] != 7.0 ||
 		fmt.Sprint(m["top_clients"]) != "[map[count:5 raddr:10.0.0.9]]" {
 		t.Fatalf("counted: %v", m)
+	}
+}
+
+// The cached formatting must match the standard library's, second after second.
+func TestCachedTimesMatchTheStandardLibrary(t *testing.T) {
+	var f Formatter
+	f.loc = time.FixedZone("X", 3*3600+1800)
+	ns := time.Date(2026, 11, 21, 4, 33, 18, 0, time.UTC).UnixNano()
+	for i := 0; i < 100000; i++ {
+		ns += int64(i%7)*123456789 + 1
+		tm := time.Unix(0, ns)
+		if got, want := string(f.appendJSONTime(nil, ns)), tm.UTC().Format("2006-01-02T15:04:05.000000000Z07:00"); got != want {
+			t.Fatalf("json %q, want %q", got, want)
+		}
+		if got, want := string(f.appendTextTime(nil, ns)), tm.In(f.loc).Format("15:04:05.000"); got != want {
+			t.Fatalf("text %q, want %q", got, want)
+		}
+	}
+	if got := string(f.appendJSONTime(nil, -1)); got != "1969-12-31T23:59:59.999999999Z" {
+		t.Fatalf("before the epoch: %q", got)
+	}
+}
+
+func BenchmarkWriterJSON(b *testing.B) {
+	w := New(io.Discard, JSON, false, time.UTC)
+	e := sample()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		e.Time += 1000
+		w.Write(e)
 	}
 }
