@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/netns"
 )
 
 // runLeak builds, in a fresh network namespace, -sockets server sockets in
@@ -63,7 +65,7 @@ func runLeak(args []string) error {
 	// owned by the user) is reset when that timer fires, taking its server
 	// socket out of CLOSE_WAIT mid-benchmark. Longer keeps it an orphan
 	// instead (counted against the global tcp_max_orphans, checked above).
-	if err := writeSysctl("net/ipv4/tcp_fin_timeout", "3600"); err != nil {
+	if err := netns.Sysctl("net/ipv4/tcp_fin_timeout", "3600"); err != nil {
 		return err
 	}
 	start := time.Now()

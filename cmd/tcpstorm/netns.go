@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/netns"
 )
 
 // inNetNSEnv marks the copy of tcpstorm that runs inside the namespace.
@@ -60,43 +62,15 @@ func reexecInNetNS(args []string) error {
 // ephemeral port range (a per-namespace sysctl), so large runs do not run
 // out of ports; ports below 10000 stay free for the servers.
 func setupNetNS() error {
-	if err := setLinkUp("lo"); err != nil {
+	if err := netns.LinkUp("lo"); err != nil {
 		return err
 	}
-	if err := writeSysctl("net/ipv4/ip_local_port_range", "10000 65535"); err != nil {
+	if err := netns.Sysctl("net/ipv4/ip_local_port_range", "10000 65535"); err != nil {
 		return err
 	}
 	// A full accept queue drops SYNs, and each drop costs the client a 1 s
 	// retransmission: let the queue hold a whole storm.
-	return writeSysctl("net/core/somaxconn", "65535")
-}
-
-func setLinkUp(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("socket: %w", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("SIOCGIFFLAGS %s: %w", name, err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("SIOCSIFFLAGS %s: %w", name, err)
-	}
-	return nil
-}
-
-// /proc/sys/net is the namespace of the process that opens it.
-func writeSysctl(name, value string) error {
-	if err := os.WriteFile("/proc/sys/"+name, []byte(value), 0o644); err != nil {
-		return fmt.Errorf("sysctl %s: %w", name, err)
-	}
-	return nil
+	return netns.Sysctl("net/core/somaxconn", "65535")
 }
 
 func readSysctl(name string) (string, error) {

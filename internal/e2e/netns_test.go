@@ -2,12 +2,13 @@ package e2e
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
 	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/netns"
 )
 
 // netNS is a fresh network namespace held by one locked OS thread. Processes
@@ -30,7 +31,7 @@ func newNetNS(t *testing.T) *netNS {
 			errc <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
 			return
 		}
-		if err := setLinkUp("lo"); err != nil {
+		if err := netns.LinkUp("lo"); err != nil {
 			errc <- err
 			return
 		}
@@ -68,27 +69,5 @@ func (ns *netNS) do(f func() error) error {
 
 // sysctl writes a per-namespace sysctl such as net/ipv4/tcp_syncookies.
 func (ns *netNS) sysctl(name, value string) error {
-	return ns.do(func() error {
-		return os.WriteFile("/proc/sys/"+name, []byte(value), 0o644)
-	})
-}
-
-func setLinkUp(name string) error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("socket: %w", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq(name)
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("SIOCGIFFLAGS %s: %w", name, err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("SIOCSIFFLAGS %s: %w", name, err)
-	}
-	return nil
+	return ns.do(func() error { return netns.Sysctl(name, value) })
 }
