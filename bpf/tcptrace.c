@@ -274,6 +274,18 @@ static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr)
 	bpf_map_delete_elem(&pending_connects, &skaddr);
 }
 
+/* An event still held for an earlier socket at this address (the runs that
+ * would have flushed it were skipped): it goes out as it was, not lost. */
+static __always_inline void flush_stale(__u64 skaddr)
+{
+	struct event *e = bpf_map_lookup_elem(&pending_connects, &skaddr);
+	if (!e)
+		return;
+	if (port_wanted(e))
+		output(e);
+	bpf_map_delete_elem(&pending_connects, &skaddr);
+}
+
 /* Whether a change from oldstate to newstate is wanted by --state and friends. */
 static __always_inline bool change_wanted(int oldstate, int newstate)
 {
@@ -366,7 +378,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	if (!si)
 		si = &fresh;
 	if (born)
-		bpf_map_delete_elem(&pending_connects, &skaddr);
+		flush_stale(skaddr);
 	if (si->state_ts) {
 		e.in_state_ns = now - si->state_ts;
 		e.flags |= EVENT_IN_STATE_KNOWN;
@@ -408,8 +420,9 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	else if (si == &fresh)
 		bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_ANY);
 
-	/* Keep the stream in order: a held event goes out before what follows it. */
-	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)
+	/* Keep the stream in order: a held event goes out before what follows it
+	 * (at the final CLOSE at the latest, if the runs that flush it were skipped). */
+	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV || newstate == TCP_CLOSE)
 		flush_pending(sk, skaddr);
 
 	if (!change_wanted(oldstate, newstate))
