@@ -24,7 +24,7 @@ type Names struct {
 
 // NewNames finds the cgroup v2 mount; with none, every Path is "".
 func NewNames() *Names {
-	return &Names{root: cgroup2Mount("/proc/self/mountinfo"), byID: map[uint64]string{}, MinGap: time.Second}
+	return NewNamesAt(cgroup2Mount("/proc/self/mountinfo"))
 }
 
 // NewNamesAt uses root as the cgroup v2 mount (for tests).

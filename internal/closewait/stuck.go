@@ -76,6 +76,3 @@ func (s *Stuck) Due(now uint64, wallOffset int64, emit func(*event.Event) error)
 	}
 	return nil
 }
-
-// Pending is how many sockets wait for their alert.
-func (s *Stuck) Pending() int { return len(s.socks) }

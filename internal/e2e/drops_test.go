@@ -42,6 +42,21 @@ func netstat(t *testing.T, pid int) map[string]uint64 {
 	return out
 }
 
+// closeAndCount closes the listener, reads its namespace's counters, then
+// stops tcptrace. Clients' retransmissions keep hitting a full queue: once the
+// listener is closed (its last drops are reported as it closes) they get
+// resets, which are no listen drops, so the count is final.
+func closeAndCount(t *testing.T, ln *proc, tr *tracerProc) map[string]uint64 {
+	t.Helper()
+	ln.send("close")
+	ln.expect("closed")
+	after := netstat(t, ln.pid())
+	tr.stopClean()
+	ln.send("exit")
+	ln.wait()
+	return after
+}
+
 // kernelHasReason reports whether the running kernel's BTF knows a drop reason.
 func kernelHasReason(t *testing.T, name string) bool {
 	spec, err := btf.LoadKernelSpec()
@@ -71,15 +86,7 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 	deferred := strings.Split(ov.expect("deferred"), ",")
 	ov.expect("done")
 	ov.wait()
-	// The clients' orphaned FINs keep hitting the full queue: close the
-	// listener (its last drops are reported as it closes; later packets get
-	// resets, which are no listen drops), then read the kernel's count.
-	ln.send("close")
-	ln.expect("closed")
-	after := netstat(t, ln.pid())
-	tr.stopClean()
-	ln.send("exit")
-	ln.wait()
+	after := closeAndCount(t, ln, tr)
 
 	truth := after["ListenDrops"] - before["ListenDrops"]
 	var sum uint64
@@ -130,12 +137,7 @@ func TestDropsSynQueueFull(t *testing.T) {
 	b := startRole(t, ns, "synburst", "-addr", "127.0.0.1:7071", "-n", "20")
 	b.expect("done")
 	b.wait()
-	ln.send("close")
-	ln.expect("closed")
-	after := netstat(t, ln.pid())
-	tr.stopClean()
-	ln.send("exit")
-	ln.wait()
+	after := closeAndCount(t, ln, tr)
 
 	truth := after["ListenDrops"] - before["ListenDrops"]
 	truthQ := after["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]

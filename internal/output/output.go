@@ -269,12 +269,7 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 	b = f.appendJSONTime(b, e.Time)
 	b = append(b, '"')
 	b = appendPIDAndOwner(b, e)
-	b = append(b, `,"family":"`...)
-	b = append(b, e.Family.String()...)
-	b = append(b, `","laddr":"`...)
-	b = e.LAddr.AppendTo(b)
-	b = append(b, `","lport":`...)
-	b = strconv.AppendUint(b, uint64(e.LPort), 10)
+	b = appendLocal(b, e)
 	b = append(b, `,"raddr":"`...)
 	b = e.RAddr.AppendTo(b)
 	b = append(b, `","rport":`...)
@@ -372,12 +367,7 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 	b = append(b, `,"count":`...)
 	b = strconv.AppendUint(b, d.Count, 10)
 	b = appendPIDAndOwner(b, e)
-	b = append(b, `,"family":"`...)
-	b = append(b, e.Family.String()...)
-	b = append(b, `","laddr":"`...)
-	b = e.LAddr.AppendTo(b)
-	b = append(b, `","lport":`...)
-	b = strconv.AppendUint(b, uint64(e.LPort), 10)
+	b = appendLocal(b, e)
 	if d.ClientKnown {
 		b = append(b, `,"raddr":"`...)
 		b = e.RAddr.AppendTo(b)
@@ -407,6 +397,16 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 		b = append(b, ']')
 	}
 	return appendSocketTail(b, e)
+}
+
+// appendLocal appends the family and the local address and port.
+func appendLocal(b []byte, e *event.Event) []byte {
+	b = append(b, `,"family":"`...)
+	b = append(b, e.Family.String()...)
+	b = append(b, `","laddr":"`...)
+	b = e.LAddr.AppendTo(b)
+	b = append(b, `","lport":`...)
+	return strconv.AppendUint(b, uint64(e.LPort), 10)
 }
 
 // appendSocketTail closes a record with the socket's namespace and identity.

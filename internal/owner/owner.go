@@ -79,7 +79,6 @@ type Resolver struct {
 	// Stats
 	Scans    int
 	ScanErrs int
-	LastErr  error
 }
 
 // NewResolver returns a resolver over src; cgroups may be nil.
@@ -126,7 +125,6 @@ func (r *Resolver) scan(mono uint64) error {
 	r.Scans++
 	if err != nil {
 		r.ScanErrs++
-		r.LastErr = err
 		return err
 	}
 	pids := make(map[uint64][]uint32, len(holders))
