@@ -7,7 +7,7 @@ ARGS    ?=
 export CGO_ENABLED := 0
 
 .DEFAULT_GOAL := help
-.PHONY: help deps generate check-generate fmt-check vet build run install test unit check bench vmtest clean
+.PHONY: help deps generate check-generate fmt-check vet build run install test unit check check-host bench vmtest vmtest-selfcheck clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -39,13 +39,15 @@ run: build ## build and run tcptrace with ARGS, e.g. sudo make run ARGS="-o json
 install: ## go install tcptrace into GOBIN
 	$(GO) install -trimpath -ldflags "$(LDFLAGS)" ./cmd/tcptrace
 
-unit: ## the tests that need no root
-	$(GO) test -count=1 ./internal/tcpstate ./internal/event ./internal/output ./internal/cli ./internal/tracer
+unit: ## the tests that need no root (all but the integration suite)
+	$(GO) test -count=1 $$($(GO) list ./... | grep -v /internal/e2e)
 
 test: ## every test: unit tests and the root integration suite on this kernel
 	$(GO) test -count=1 ./...
 
-check: deps fmt-check vet check-generate test ## what CI runs: deps, formatting, vet, fresh BPF objects, all tests
+check: check-host vmtest vmtest-selfcheck ## what CI runs: check-host, then the suite on the kernel matrix
+
+check-host: deps fmt-check vet check-generate test ## deps, formatting, vet, fresh BPF objects, all tests on this kernel
 
 bench: ## Go benchmarks of the per-event path, then .ci/bench.sh (root): a connection storm beside tcpstates and bpftrace, and 100k CLOSE_WAIT beside ss
 	$(GO) test -count=1 -run '^$$' -bench . -benchmem ./...
@@ -53,6 +55,9 @@ bench: ## Go benchmarks of the per-event path, then .ci/bench.sh (root): a conne
 
 vmtest: ## the integration suite on Debian 5.10, 6.1 and 6.12 kernels in QEMU
 	./.ci/vmtest.sh
+
+vmtest-selfcheck: ## show a hook forced that a guest kernel lacks fails vmtest, with the reason
+	./.ci/vmtest-selfcheck.sh
 
 clean: ## remove build output and the vmtest cache
 	rm -rf tcptrace .cache

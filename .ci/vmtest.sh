@@ -12,6 +12,9 @@
 #   VMTEST_BINARY=PATH               use this static test binary instead of building one
 #   VMTEST_APPEND="..."              extra kernel parameters (e.g. loglevel=7 for backtraces)
 #   VMTEST_ACCEL=...                 QEMU accelerator (default tcg,thread=single; see below)
+#   VMTEST_DROP_HOOKS=K1,K2          the drop hook kinds every kernel is tested on, first
+#                                    expected (default: each kernel's, see drop_hooks below;
+#                                    .ci/vmtest-selfcheck.sh sets one a kernel lacks)
 #
 # Kernels come from Debian's archive through apt (so apt checks their
 # signatures) and are cached in .cache/vmtest/. The guest side, which mounts
@@ -204,15 +207,23 @@ if [ -n "$run" ]; then
 fi
 [ -z "$extra_append" ] || append+=" $extra_append"
 
+# The hook kinds each kernel offers for per-packet drops, best first (the
+# drop tests assert the first is tcptrace's own pick and force the others; see
+# dropHookRuns in internal/e2e). Passed to the guest's environment.
+# fentry loads on all three, so it is what tcptrace picks; kprobes are forced.
+declare -A drop_hooks=([5.10]=fentry,kprobe [6.1]=fentry,kprobe [6.12]=fentry,kprobe)
+
 # boot LABEL: run one VM and write "RESULT SECONDS" to $cache/<release>.result.
 boot() {
 	local label=$1 rel=${kernel_release[$1]}
 	local logf=$cache/$rel.log res=$cache/$rel.result start rc=0 line result
 	start=$(date +%s)
 	log "$label: booting $rel"
+	# A kernel parameter NAME=VALUE without a dot reaches init's environment.
 	timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel "$accel" -cpu max -m 1024 -smp 2 \
 		-nographic -no-reboot -nic none \
-		-kernel "$cache/$rel.vmlinuz" -initrd "$initrd" -append "$append" \
+		-kernel "$cache/$rel.vmlinuz" -initrd "$initrd" \
+		-append "$append TCPTRACE_DROP_HOOKS=${VMTEST_DROP_HOOKS:-${drop_hooks[$label]}}" \
 		</dev/null >"$logf" 2>&1 || rc=$?
 	line=$(tr -d '\r' <"$logf" | grep -a -o -E "$marker (PASS|FAIL code=-?[0-9]+)" | tail -n1 || true)
 	case $line in

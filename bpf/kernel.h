@@ -5,6 +5,8 @@
  * kernel's BTF at load time (CO-RE); only the fields we read are declared.
  */
 #pragma once
+/* Stands in for vmlinux.h: libbpf's kprobe macros then use the kernel's pt_regs names. */
+#define __VMLINUX_H__
 
 typedef unsigned char __u8;
 typedef unsigned short __u16;
@@ -232,6 +234,8 @@ struct bpf_iter__task_file {
 /* Registers at syscall exit: only the syscall number is read. */
 #if defined(__TARGET_ARCH_x86)
 struct pt_regs {
+	/* Arguments and return value, for kprobes (BPF_KPROBE, BPF_KRETPROBE). */
+	unsigned long di, si, dx, cx, r8, r9, ax;
 	long orig_ax;
 } __attribute__((preserve_access_index));
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
@@ -241,6 +245,10 @@ struct pt_regs {
 #elif defined(__TARGET_ARCH_arm64)
 struct pt_regs {
 	int syscallno;
+} __attribute__((preserve_access_index));
+/* Arguments and return value, for kprobes (libbpf reads them through this). */
+struct user_pt_regs {
+	__u64 regs[31];
 } __attribute__((preserve_access_index));
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
 #define NR_connect 203

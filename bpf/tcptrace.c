@@ -23,6 +23,8 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+#define ETH_P_IPV6 0x86DD
+
 enum {
 	TCP_ESTABLISHED = 1,
 	TCP_SYN_SENT = 2,
@@ -98,11 +100,20 @@ struct {
  * counted from sk_drops (what tcp_listendrop() bumps beside ListenDrops), so
  * the stream adds up exactly; a drop reported per packet advances it first.
  */
+struct listen_count {
+	__u32 seen;    /* sk_drops reported so far */
+	__u32 pad;
+	/* When a watched queue check last began at a full queue: a drop it makes
+	 * is counted before its exit reports the packet, so the walk leaves the
+	 * listener alone for a moment (cfg.watch_busy_ns) rather than count it. */
+	__u64 busy_ns;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
-	__type(value, __u32);
+	__type(value, struct listen_count);
 } listen_drops SEC(".maps");
 
 struct {
@@ -330,8 +341,8 @@ static __always_inline bool drop_wanted(const struct drop *d)
 static __always_inline void watch_listener(const struct sock *sk)
 {
 	__u64 skaddr = (__u64)sk;
-	__u32 drops = BPF_CORE_READ(sk, sk_drops.counter);
-	bpf_map_update_elem(&listen_drops, &skaddr, &drops, BPF_NOEXIST);
+	struct listen_count lc = { .seen = BPF_CORE_READ(sk, sk_drops.counter) };
+	bpf_map_update_elem(&listen_drops, &skaddr, &lc, BPF_NOEXIST);
 }
 
 /* Report what sk_drops counted beyond seen, the part already reported. */
@@ -407,9 +418,9 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		bpf_map_delete_elem(&listeners, &lk);
 		/* The last drops since the previous poll must not go with it. */
-		__u32 *seen = bpf_map_lookup_elem(&listen_drops, &skaddr);
-		if (seen)
-			report_counted_drops(sk, seen, &si->owner, now);
+		struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
+		if (lc)
+			report_counted_drops(sk, &lc->seen, &si->owner, now);
 		bpf_map_delete_elem(&listen_drops, &skaddr);
 	}
 
@@ -633,6 +644,53 @@ int scan_socks(struct bpf_iter__task_file *ctx)
 	return 0;
 }
 
+/* The client of a per-packet drop record: where the packet came from. */
+static __always_inline void read_client(struct drop *d, const struct sk_buff *skb)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u16 sport = 0;
+	bpf_probe_read_kernel(&sport, sizeof(sport), head + th);
+	d->rport = bpf_ntohs(sport);
+	if (BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IPV6)) {
+		bpf_probe_read_kernel(d->daddr, 16, head + nh + 8);
+	} else if (d->family == AF_INET6) {
+		/* An IPv4 client of a dual-stack listener: ::ffff:a.b.c.d. */
+		*(__u32 *)(d->daddr + 8) = bpf_htonl(0x0000ffff);
+		bpf_probe_read_kernel(d->daddr + 12, 4, head + nh + 12);
+	} else {
+		bpf_probe_read_kernel(d->daddr, 4, head + nh + 12);
+	}
+}
+
+/*
+ * One packet dropped at listener sk, which accounts for advance of its
+ * sk_drops: the poll must not count that part again.
+ */
+static __always_inline void report_packet(const struct sock *sk, const struct sk_buff *skb, __u8 kind, __u32 reason,
+					  __u32 advance)
+{
+	__u64 skaddr = (__u64)sk;
+	struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
+	if (lc)
+		__sync_fetch_and_add(&lc->seen, advance);
+	else
+		watch_listener(sk); /* its counter already includes this drop */
+
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+	struct drop d = {};
+	if (!fill_listener(&d, sk, si ? &si->owner : NULL))
+		return;
+	d.ts_ns = bpf_ktime_get_ns();
+	d.kind = kind;
+	d.count = 1;
+	d.reason = reason;
+	read_client(&d, skb);
+	if (drop_wanted(&d))
+		output_record(&d, sizeof(d));
+}
+
 /*
  * A packet dropped at a listener whose accept queue was full when the
  * handshake's final ACK came (SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, 6.15+).
@@ -648,40 +706,7 @@ static __always_inline int handle_kfree(struct sk_buff *skb, __u32 reason, const
 	 * (measured on 6.18; every kernel with this reason shares the path).
 	 * Reported here as one drop, it must not be counted again by the poll.
 	 */
-	__u64 skaddr = (__u64)sk;
-	__u32 *seen = bpf_map_lookup_elem(&listen_drops, &skaddr);
-	if (seen)
-		__sync_fetch_and_add(seen, 2);
-	else
-		watch_listener(sk); /* its counter already includes this drop */
-
-	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
-	struct drop d = {};
-	if (!fill_listener(&d, sk, si ? &si->owner : NULL))
-		return 0;
-	d.ts_ns = bpf_ktime_get_ns();
-	d.kind = DROP_PACKET;
-	d.count = 1;
-	d.reason = reason;
-
-	/* The client: the packet's source address and port. */
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 th = BPF_CORE_READ(skb, transport_header);
-	__u16 sport = 0;
-	bpf_probe_read_kernel(&sport, sizeof(sport), head + th);
-	d.rport = bpf_ntohs(sport);
-	if (BPF_CORE_READ(skb, protocol) == bpf_htons(0x86DD)) {
-		bpf_probe_read_kernel(d.daddr, 16, head + nh + 8);
-		if (is_v4_mapped(d.daddr)) {
-			*(__u32 *)d.daddr = *(__u32 *)(d.daddr + 12);
-			__builtin_memset(d.daddr + 4, 0, 12);
-		}
-	} else {
-		bpf_probe_read_kernel(d.daddr, 4, head + nh + 12);
-	}
-	if (drop_wanted(&d))
-		output_record(&d, sizeof(d));
+	report_packet(sk, skb, DROP_PACKET, reason, 2);
 	return 0;
 }
 
@@ -693,6 +718,122 @@ int BPF_PROG(kfree_rx_sk, struct sk_buff *skb, void *location, int reason, struc
 }
 
 /*
+ * Where kprobes or fentry exist, the listen-queue checks themselves are
+ * watched: tcp_conn_request() for a SYN, tcp_v4/v6_syn_recv_sock() for the
+ * final ACK. Entry notes the listener's sk_drops; if the call bumped it (the
+ * kernel's tcp_listendrop(), which ListenDrops counts), the exit reports the
+ * packet with its client. One slot per CPU and call: these run in softirq (or
+ * with it disabled), so a call does not nest in itself on a CPU; the v6 call
+ * that hands an IPv4 packet to the v4 one shares the ACK slot, and the inner
+ * exit disarms it.
+ */
+struct drop_watch {
+	__u64 sk;
+	__u64 skb;
+	__u32 drops; /* sk_drops at entry */
+	__u32 armed;
+};
+
+enum { WATCH_SYN, WATCH_ACK, WATCH_SLOTS };
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, WATCH_SLOTS);
+	__type(key, __u32);
+	__type(value, struct drop_watch);
+} drop_watch SEC(".maps");
+
+static __always_inline int watch_enter(__u32 slot, const struct sock *sk, const struct sk_buff *skb)
+{
+	struct drop_watch *w = bpf_map_lookup_elem(&drop_watch, &slot);
+	if (!w)
+		return 0;
+	w->sk = (__u64)sk;
+	w->skb = (__u64)skb;
+	w->drops = BPF_CORE_READ(sk, sk_drops.counter);
+	w->armed = 1;
+	/* A full queue is where drops come from (tcp_conn_request's checks). */
+	__u32 max = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	if (BPF_CORE_READ(sk, sk_ack_backlog) > max ||
+	    BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter) >= max) {
+		__u64 skaddr = (__u64)sk;
+		struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
+		if (lc)
+			lc->busy_ns = bpf_ktime_get_ns();
+	}
+	return 0;
+}
+
+/* failed: the call says it failed (tcp_conn_request() returns 0 either way). */
+static __always_inline int watch_exit(__u32 slot, bool failed, __u8 kind)
+{
+	struct drop_watch *w = bpf_map_lookup_elem(&drop_watch, &slot);
+	if (!w || !w->armed)
+		return 0;
+	w->armed = 0;
+	const struct sock *sk = (const struct sock *)w->sk;
+	if (!failed || (__s32)(BPF_CORE_READ(sk, sk_drops.counter) - w->drops) <= 0)
+		return 0;
+	report_packet(sk, (const struct sk_buff *)w->skb, kind, 0, 1);
+	return 0;
+}
+
+SEC("fentry/tcp_conn_request")
+int BPF_PROG(syn_fentry, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
+{
+	return watch_enter(WATCH_SYN, sk, skb);
+}
+
+SEC("fexit/tcp_conn_request")
+int BPF_PROG(syn_fexit)
+{
+	return watch_exit(WATCH_SYN, true, DROP_SYN);
+}
+
+/*
+ * The exit goes by sk_drops alone: where the return value sits depends on the
+ * number of arguments, which grew in newer kernels (6.12 has seven).
+ */
+
+/* The loader attaches a second copy of each to tcp_v6_syn_recv_sock. */
+SEC("fentry/tcp_v4_syn_recv_sock")
+int BPF_PROG(ack_fentry, struct sock *sk, struct sk_buff *skb)
+{
+	return watch_enter(WATCH_ACK, sk, skb);
+}
+
+SEC("fexit/tcp_v4_syn_recv_sock")
+int BPF_PROG(ack_fexit)
+{
+	return watch_exit(WATCH_ACK, true, DROP_ACK);
+}
+
+SEC("kprobe/tcp_conn_request")
+int BPF_KPROBE(syn_kprobe, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
+{
+	return watch_enter(WATCH_SYN, sk, skb);
+}
+
+SEC("kretprobe/tcp_conn_request")
+int BPF_KRETPROBE(syn_kretprobe)
+{
+	return watch_exit(WATCH_SYN, true, DROP_SYN);
+}
+
+/* Attached to tcp_v4_syn_recv_sock and tcp_v6_syn_recv_sock. */
+SEC("kprobe/tcp_v4_syn_recv_sock")
+int BPF_KPROBE(ack_kprobe, struct sock *sk, struct sk_buff *skb)
+{
+	return watch_enter(WATCH_ACK, sk, skb);
+}
+
+SEC("kretprobe/tcp_v4_syn_recv_sock")
+int BPF_KRETPROBE(ack_kretprobe, struct sock *ret)
+{
+	return watch_exit(WATCH_ACK, !ret, DROP_ACK);
+}
+
+/*
  * Walks the listeners being watched (in every network namespace): reports
  * the drops sk_drops counted since the last walk (SYNs dropped for a full
  * queue fire no tracepoint) and, for `tcptrace listeners`, writes one row.
@@ -701,8 +842,8 @@ SEC("iter/bpf_map_elem")
 int poll_listeners(struct bpf_iter__bpf_map_elem *ctx)
 {
 	__u64 *key = ctx->key;
-	__u32 *seen = ctx->value;
-	if (!key || !seen)
+	struct listen_count *lc = ctx->value;
+	if (!key || !lc)
 		return 0;
 	__u64 skaddr = *key;
 	const struct sock *sk = (const struct sock *)skaddr;
@@ -710,7 +851,9 @@ int poll_listeners(struct bpf_iter__bpf_map_elem *ctx)
 		return 0;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
 	struct owner *o = si ? &si->owner : NULL;
-	report_counted_drops(sk, seen, o, bpf_ktime_get_ns());
+	__u64 now = bpf_ktime_get_ns();
+	if (now - lc->busy_ns >= cfg.watch_busy_ns)
+		report_counted_drops(sk, &lc->seen, o, now);
 
 	struct listener l = {};
 	__u8 unused[16];

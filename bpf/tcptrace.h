@@ -12,6 +12,10 @@ enum drop_kind {
 	DROP_PACKET = 1,
 	/* The listener's drop counter (sk_drops) grew by count. */
 	DROP_COUNTED = 2,
+	/* One SYN tcp_conn_request() dropped: client known, reason from the queues. */
+	DROP_SYN = 3,
+	/* One handshake's final ACK the listener could not take (syn_recv_sock failed). */
+	DROP_ACK = 4,
 };
 
 enum event_flag {
@@ -91,12 +95,12 @@ struct drop {
 	__u32 syn_queue; /* handshakes under way */
 	__u16 family;
 	__u16 lport;
-	__u16 rport;     /* the client's, for DROP_PACKET */
+	__u16 rport;     /* the client's, for per-packet kinds */
 	__u8 kind;       /* enum drop_kind */
 	__u8 syncookies; /* net.ipv4.tcp_syncookies of the listener's namespace */
 	__u8 pad[4];
 	__u8 saddr[16];  /* the listener's address */
-	__u8 daddr[16];  /* the client's, for DROP_PACKET */
+	__u8 daddr[16];  /* the client's, for per-packet kinds (IPv4 to a dual-stack listener: v4-mapped) */
 	struct owner owner;
 };
 
@@ -125,4 +129,5 @@ struct config {
 	__u8 emit_states;   /* send state changes (--events states) */
 	__u8 emit_drops;    /* send drops (--events drops) */
 	__u32 reason_listen_overflow; /* SKB_DROP_REASON_TCP_LISTEN_OVERFLOW here, 0 if none */
+	__u64 watch_busy_ns; /* how long the listener walk leaves a listener with a queue check under way */
 };

@@ -50,7 +50,7 @@ func TestParseErrorsAreUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--bogus"}, {"--state", "nope"}, {"--port", "0"}, {"--port", "65536"}, {"--pid", "-3"},
 		{"-o", "xml"}, {"-4", "-6"}, {"--duration", "0s"}, {"--ring-size", "3000"}, {"--ring-size", "1K"},
-		{"--hook-kind", "kprobe"}, {"listen"},
+		{"--hook-kind", "uprobe"}, {"listen"},
 	} {
 		_, err := Parse(args)
 		var ue *UsageError

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -223,5 +224,53 @@ func TestNeedsPrivilege(t *testing.T) {
 	if code != 1 || stdout != "" || strings.Count(stderr, "\n") != 1 ||
 		!strings.Contains(stderr, "needs root or CAP_BPF+CAP_PERFMON") {
 		t.Fatalf("unprivileged: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
+// TestHooksChosen prints the hook tcptrace picks for each feature on this
+// kernel (so each vmtest log shows them), checks the per-packet drop path
+// against TCPTRACE_DROP_HOOKS where given, and forces each drop hook kind
+// this kernel lacks: that must fail in one line naming the hook, exit 1.
+func TestHooksChosen(t *testing.T) {
+	needRoot(t)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runTcptrace(t, nil, exe, "-v", "--duration", "1ms")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s", code, stderr)
+	}
+	active := map[string]string{}
+	for _, line := range strings.Split(stderr, "\n") {
+		if h, ok := strings.CutPrefix(line, "tcptrace: hook: "); ok && strings.HasSuffix(h, " (active)") {
+			feature, hook, _ := strings.Cut(strings.TrimSuffix(h, " (active)"), ": ")
+			active[feature] = hook
+			t.Logf("%-28s %s", feature+":", hook)
+		}
+	}
+	for _, f := range []string{"state changes", "socket owner scan", "forks", "exits", "connect port, accept owner", "listener drop counters"} {
+		if active[f] == "" {
+			t.Errorf("no active hook for %s:\n%s", f, stderr)
+		}
+	}
+	kinds := dropHookRuns()
+	if kinds[0] == "" {
+		return // no expectations for this machine
+	}
+	if got := active["dropped clients"]; !strings.HasPrefix(got, kinds[0]+"/") && !strings.HasPrefix(got, kinds[0]+"+") {
+		t.Errorf("per-packet drops via %q, want a %s hook", got, kinds[0])
+	}
+	for _, kind := range []string{"fentry", "kprobe", "tp_btf"} {
+		if slices.Contains(kinds, kind) {
+			continue
+		}
+		code, stdout, stderr := runTcptrace(t, nil, exe, "--hook-kind", kind, "--duration", "1ms")
+		lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")
+		if code != 1 || stdout != "" || len(lines) != 1 || !strings.Contains(stderr, "no hook for dropped clients could be attached") {
+			t.Errorf("--hook-kind %s, which this kernel lacks: exit %d, stderr %q; want exit 1 and one line naming the hook",
+				kind, code, stderr)
+		}
+		t.Logf("--hook-kind %s: %s", kind, strings.TrimSpace(stderr))
 	}
 }

@@ -322,6 +322,17 @@ func deferredConnect(sa *syscall.SockaddrInet4, deferACK bool) (int, error) {
 	return fd, nil
 }
 
+// localPorts lists the IPv4 sockets' local ports, comma-separated.
+func localPorts(fds []int) string {
+	var ports []string
+	for _, fd := range fds {
+		if sa, err := syscall.Getsockname(fd); err == nil {
+			ports = append(ports, strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+		}
+	}
+	return strings.Join(ports, ",")
+}
+
 // runSynBurst fills a listener's SYN queue: n handshakes at once whose final
 // ACKs are held back, so with syncookies off the SYNs past the queue's
 // capacity are dropped; it holds them through the SYN retry at 1 s.
@@ -339,6 +350,7 @@ func runSynBurst(addr string, n int) error {
 		}
 		fds = append(fds, fd)
 	}
+	fmt.Printf("clients %s\n", localPorts(fds))
 	time.Sleep(1500 * time.Millisecond)
 	for _, fd := range fds {
 		syscall.Close(fd)
@@ -382,13 +394,8 @@ func runOverflow(addr string, n, nDeferred int) error {
 		}
 		fds = append(fds, fd)
 	}
-	var ports []string
-	for _, fd := range deferred {
-		if sa, err := syscall.Getsockname(fd); err == nil {
-			ports = append(ports, strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
-		}
-	}
-	fmt.Printf("deferred %s\n", strings.Join(ports, ","))
+	fmt.Printf("clients %s\n", localPorts(fds))
+	fmt.Printf("deferred %s\n", localPorts(deferred))
 	time.Sleep(3500 * time.Millisecond) // SYN and SYN-ACK retries at 1 s and 3 s
 	for _, fd := range fds {
 		syscall.Close(fd)

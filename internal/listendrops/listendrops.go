@@ -61,18 +61,20 @@ func (l *Limiter) Start(netns, pid uint32) {
 }
 
 // Apply checks a drop record against its namespace's counters and emits what
-// stands: its count cut to what ListenDrops allows, and a counted record split
-// so that exactly as many drops are named syn_queue_full as the namespace's
-// TCPReqQFullDrop grew by (the listener's queues, read a moment later, can
+// stands: its count cut to what ListenDrops allows, and a counted record (or
+// a SYN seen dropped, named by the queues) split or renamed so that exactly
+// as many drops are named syn_queue_full as the namespace's TCPReqQFullDrop
+// grew by (the listener's queues, read a moment apart from the drop, can
 // mislead). Other records pass through emit unchanged.
 func (l *Limiter) Apply(e *event.Event, emit func(*event.Event) error) error {
 	if e.Kind != event.KindDrop || e.PID == 0 {
 		return emit(e)
 	}
 	b := l.ns[e.NetNS]
-	if b == nil || !b.fresh || e.Drop.Count > b.allowed() {
-		// Read again: the first time, once per tick, and before any cut, so
-		// nothing is cut on a stale reading.
+	synQ := e.Drop.Reason == "syn_queue_full"
+	if b == nil || !b.fresh || e.Drop.Count > b.allowed() || (synQ && e.Drop.Count > b.allowedQ()) {
+		// Read again: the first time, once per tick, and before any cut or
+		// renaming, so neither happens on a stale reading.
 		now, ok := l.read(e.NetNS, e.PID)
 		if !ok {
 			return emit(e) // no way to check: report what the listener counted
@@ -91,8 +93,8 @@ func (l *Limiter) Apply(e *event.Event, emit func(*event.Event) error) error {
 		return nil
 	}
 	b.reported += e.Drop.Count
-	if e.Drop.ClientKnown {
-		return emit(e) // a packet the kernel named: not a SYN-queue drop
+	if e.Drop.ClientKnown && !synQ {
+		return emit(e) // a packet named otherwise: not a SYN-queue drop
 	}
 	q := min(e.Drop.Count, b.allowedQ())
 	b.reportedQ += q

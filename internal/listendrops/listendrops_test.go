@@ -136,3 +136,38 @@ func TestParseCounters(t *testing.T) {
 		t.Fatalf("got %+v %v", c, ok)
 	}
 }
+
+// SYNs seen dropped one by one (fentry/kprobe paths) are named by the queues
+// at the drop; the namespace's TCPReqQFullDrop has the last word, read fresh
+// before any renaming.
+func TestSeenSynDropsFollowTheCounter(t *testing.T) {
+	c := counter{7: {}}
+	l := New(c.read)
+	l.Start(7, 1)
+	syn := func(reason string) *event.Event {
+		e := drop(7, 1, reason)
+		e.Drop.ClientKnown = true
+		return e
+	}
+	c[7] = Counters{ListenDrops: 1, ReqQFullDrop: 1}
+	if out := collect(t, l, syn("syn_queue_full")); len(out) != 1 || out[0].Drop.Reason != "syn_queue_full" {
+		t.Fatalf("first SYN: %+v", out)
+	}
+	// Within the same tick, a second one: the cached reading has no SYN-queue
+	// room left, so it is read again, and the kernel counted this one too.
+	c[7] = Counters{ListenDrops: 2, ReqQFullDrop: 2}
+	if out := collect(t, l, syn("syn_queue_full")); len(out) != 1 || out[0].Drop.Reason != "syn_queue_full" {
+		t.Fatalf("second SYN: %+v", out)
+	}
+	// A third the queues called syn_queue_full, which the kernel did not.
+	c[7] = Counters{ListenDrops: 3, ReqQFullDrop: 2}
+	out := collect(t, l, syn("syn_queue_full"))
+	if len(out) != 1 || out[0].Drop.Reason != "listen_drop" || !out[0].Drop.ClientKnown {
+		t.Fatalf("third SYN: %+v", out)
+	}
+	// Other per-packet reasons pass untouched and count against ListenDrops.
+	c[7] = Counters{ListenDrops: 4, ReqQFullDrop: 2}
+	if out := collect(t, l, syn("accept_queue_full")); len(out) != 1 || out[0].Drop.Reason != "accept_queue_full" {
+		t.Fatalf("accept-queue SYN: %+v", out)
+	}
+}

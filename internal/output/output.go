@@ -325,7 +325,11 @@ func appendDropText(b []byte, e *event.Event) []byte {
 	b = append(b, " <- "...)
 	switch {
 	case d.ClientKnown:
-		b = appendAddrPort(b, e.RAddr.AppendTo, e.Family, e.RPort)
+		f := e.Family
+		if e.RAddr.Is4() {
+			f = event.IPv4 // an IPv4 client of a dual-stack listener
+		}
+		b = appendAddrPort(b, e.RAddr.AppendTo, f, e.RPort)
 	case len(d.TopClients) > 0:
 		for i, c := range d.TopClients {
 			if i > 0 {

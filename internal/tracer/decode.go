@@ -93,6 +93,7 @@ func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Ev
 		return fmt.Errorf("%w: %d < %d bytes", errShortSample, len(raw), rawDropSize)
 	}
 	r := (*tcptraceDrop)(unsafe.Pointer(&raw[0]))
+	kind := tcptraceDropKind(r.Kind)
 	*ev = event.Event{
 		Kind:  event.KindDrop,
 		Time:  int64(r.TsNs) + wallOffset,
@@ -106,21 +107,34 @@ func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Ev
 			Backlog:     r.Backlog,
 			MaxBacklog:  r.MaxBacklog,
 			SynQueue:    r.SynQueue,
-			ClientKnown: tcptraceDropKind(r.Kind) == tcptraceDropKindDROP_PACKET,
+			ClientKnown: kind != tcptraceDropKindDROP_COUNTED,
 		},
 	}
 	setOwner(&r.Owner, ev)
-	if ev.Drop.ClientKnown {
+	switch kind {
+	case tcptraceDropKindDROP_PACKET:
 		ev.Drop.KernelReason = reasons.name(r.Reason)
 		if r.Reason == reasons.listenOverflow {
 			ev.Drop.Reason = "accept_queue_full"
 		} else {
 			ev.Drop.Reason = ev.Drop.KernelReason
 		}
-	} else {
+	case tcptraceDropKindDROP_ACK:
+		// The handshake's last step failed: for want of accept queue room,
+		// or (rarely) memory or a route.
+		ev.Drop.Reason = "listen_drop"
+		if r.Backlog > r.MaxBacklog {
+			ev.Drop.Reason = "accept_queue_full"
+		}
+	default: // a SYN, or what the counter counted: the queues tell
 		ev.Drop.Reason = reasonFromQueues(r.Backlog, r.MaxBacklog, r.SynQueue, r.Syncookies)
 	}
-	return decodeAddrs(r.Family, &r.Saddr, &r.Daddr, ev)
+	if err := decodeAddrs(r.Family, &r.Saddr, &r.Daddr, ev); err != nil {
+		return err
+	}
+	// An IPv4 client of a dual-stack listener comes v4-mapped.
+	ev.RAddr = ev.RAddr.Unmap()
+	return nil
 }
 
 // reasonFromQueues names a counted drop by the listener's queues when it was

@@ -166,3 +166,34 @@ func TestDecodeDrops(t *testing.T) {
 		t.Fatalf("unknown reason: %v %+v", err, ev.Drop)
 	}
 }
+
+// Drops seen at the listen-queue checks (fentry/kprobe): a SYN named by the
+// queues, a final ACK by the accept queue; an IPv4 client of a dual-stack
+// listener comes out as IPv4.
+func TestDecodeSeenDrops(t *testing.T) {
+	mapped := [16]byte{10: 0xff, 11: 0xff, 12: 10, 13: 0, 14: 0, 15: 9}
+	for _, tc := range []struct {
+		kind               tcptraceDropKind
+		backlog, max, synq uint32
+		syncookies         uint8
+		want               string
+	}{
+		{tcptraceDropKindDROP_SYN, 0, 4, 4, 0, "syn_queue_full"},
+		{tcptraceDropKindDROP_SYN, 5, 4, 4, 1, "accept_queue_full"},
+		{tcptraceDropKindDROP_ACK, 5, 4, 0, 1, "accept_queue_full"},
+		{tcptraceDropKindDROP_ACK, 1, 4, 0, 1, "listen_drop"},
+	} {
+		r := &tcptraceDrop{Type: tcptraceRecordTypeRECORD_DROP, Count: 1, Family: afInet6, Kind: uint8(tc.kind),
+			Backlog: tc.backlog, MaxBacklog: tc.max, SynQueue: tc.synq, Syncookies: tc.syncookies,
+			Lport: 3000, Rport: 51234, Daddr: mapped}
+		var ev event.Event
+		if err := decode(dropRaw(r), 0, testReasons, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Drop.Reason != tc.want || !ev.Drop.ClientKnown || ev.Drop.KernelReason != "" ||
+			ev.RAddr.String() != "10.0.0.9" || ev.RPort != 51234 || ev.LAddr.String() != "::" {
+			t.Errorf("kind %d queues %d/%d syn %d: %+v %s:%d, want %s from 10.0.0.9:51234",
+				tc.kind, tc.backlog, tc.max, tc.synq, ev.Drop, ev.RAddr, ev.RPort, tc.want)
+		}
+	}
+}

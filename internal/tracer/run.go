@@ -54,6 +54,7 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 		case <-ctx.Done():
 			// Count the last drops, stop the producers, then drain the rest.
 			if pollEvery > 0 {
+				t.stopDropWatch()
 				t.PollListeners(nil)
 			}
 			t.Detach()

@@ -25,6 +25,7 @@ type tcptraceConfig struct {
 	EmitDrops            uint8
 	_                    [2]byte
 	ReasonListenOverflow uint32
+	WatchBusyNs          uint64
 }
 
 type tcptraceDrop struct {
@@ -54,7 +55,17 @@ type tcptraceDropKind uint32
 const (
 	tcptraceDropKindDROP_PACKET  tcptraceDropKind = 1
 	tcptraceDropKindDROP_COUNTED tcptraceDropKind = 2
+	tcptraceDropKindDROP_SYN     tcptraceDropKind = 3
+	tcptraceDropKindDROP_ACK     tcptraceDropKind = 4
 )
+
+type tcptraceDropWatch struct {
+	_     structs.HostLayout
+	Sk    uint64
+	Skb   uint64
+	Drops uint32
+	Armed uint32
+}
 
 type tcptraceEvent struct {
 	_         structs.HostLayout
@@ -84,6 +95,13 @@ const (
 	tcptraceEventFlagEVENT_OWNER_UNVERIFIED tcptraceEventFlag = 8
 	tcptraceEventFlagEVENT_OWNER_EXITED     tcptraceEventFlag = 16
 )
+
+type tcptraceListenCount struct {
+	_      structs.HostLayout
+	Seen   uint32
+	Pad    uint32
+	BusyNs uint64
+}
 
 type tcptraceListenKey struct {
 	_     structs.HostLayout
@@ -150,6 +168,7 @@ type tcptraceSockInfo struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	tcptraceMapConnecting      = "connecting"
+	tcptraceMapDropWatch       = "drop_watch"
 	tcptraceMapEvents          = "events"
 	tcptraceMapExits           = "exits"
 	tcptraceMapFilterPids      = "filter_pids"
@@ -160,6 +179,10 @@ const (
 	tcptraceMapLost            = "lost"
 	tcptraceMapPendingConnects = "pending_connects"
 	tcptraceMapSocks           = "socks"
+	tcptraceProgAckFentry      = "ack_fentry"
+	tcptraceProgAckFexit       = "ack_fexit"
+	tcptraceProgAckKprobe      = "ack_kprobe"
+	tcptraceProgAckKretprobe   = "ack_kretprobe"
 	tcptraceProgExitBtf        = "exit_btf"
 	tcptraceProgExitRaw        = "exit_raw"
 	tcptraceProgForkBtf        = "fork_btf"
@@ -170,6 +193,10 @@ const (
 	tcptraceProgStateBtf       = "state_btf"
 	tcptraceProgStateRaw       = "state_raw"
 	tcptraceProgStateTp        = "state_tp"
+	tcptraceProgSynFentry      = "syn_fentry"
+	tcptraceProgSynFexit       = "syn_fexit"
+	tcptraceProgSynKprobe      = "syn_kprobe"
+	tcptraceProgSynKretprobe   = "syn_kretprobe"
 	tcptraceProgSysExitBtf     = "sys_exit_btf"
 	tcptraceProgSysExitRaw     = "sys_exit_raw"
 	tcptraceVarCfg             = "cfg"
@@ -221,6 +248,10 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
+	AckFentry     *ebpf.ProgramSpec `ebpf:"ack_fentry"`
+	AckFexit      *ebpf.ProgramSpec `ebpf:"ack_fexit"`
+	AckKprobe     *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
+	AckKretprobe  *ebpf.ProgramSpec `ebpf:"ack_kretprobe"`
 	ExitBtf       *ebpf.ProgramSpec `ebpf:"exit_btf"`
 	ExitRaw       *ebpf.ProgramSpec `ebpf:"exit_raw"`
 	ForkBtf       *ebpf.ProgramSpec `ebpf:"fork_btf"`
@@ -231,6 +262,10 @@ type tcptraceProgramSpecs struct {
 	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
 	StateRaw      *ebpf.ProgramSpec `ebpf:"state_raw"`
 	StateTp       *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SynFentry     *ebpf.ProgramSpec `ebpf:"syn_fentry"`
+	SynFexit      *ebpf.ProgramSpec `ebpf:"syn_fexit"`
+	SynKprobe     *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
+	SynKretprobe  *ebpf.ProgramSpec `ebpf:"syn_kretprobe"`
 	SysExitBtf    *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
 	SysExitRaw    *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
 }
@@ -240,6 +275,7 @@ type tcptraceProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
 	Connecting      *ebpf.MapSpec `ebpf:"connecting"`
+	DropWatch       *ebpf.MapSpec `ebpf:"drop_watch"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	Exits           *ebpf.MapSpec `ebpf:"exits"`
 	FilterPids      *ebpf.MapSpec `ebpf:"filter_pids"`
@@ -284,6 +320,7 @@ func (o *tcptraceObjects) Close() error {
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
 	Connecting      *ebpf.Map `ebpf:"connecting"`
+	DropWatch       *ebpf.Map `ebpf:"drop_watch"`
 	Events          *ebpf.Map `ebpf:"events"`
 	Exits           *ebpf.Map `ebpf:"exits"`
 	FilterPids      *ebpf.Map `ebpf:"filter_pids"`
@@ -299,6 +336,7 @@ type tcptraceMaps struct {
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
 		m.Connecting,
+		m.DropWatch,
 		m.Events,
 		m.Exits,
 		m.FilterPids,
@@ -327,6 +365,10 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
+	AckFentry     *ebpf.Program `ebpf:"ack_fentry"`
+	AckFexit      *ebpf.Program `ebpf:"ack_fexit"`
+	AckKprobe     *ebpf.Program `ebpf:"ack_kprobe"`
+	AckKretprobe  *ebpf.Program `ebpf:"ack_kretprobe"`
 	ExitBtf       *ebpf.Program `ebpf:"exit_btf"`
 	ExitRaw       *ebpf.Program `ebpf:"exit_raw"`
 	ForkBtf       *ebpf.Program `ebpf:"fork_btf"`
@@ -337,12 +379,20 @@ type tcptracePrograms struct {
 	StateBtf      *ebpf.Program `ebpf:"state_btf"`
 	StateRaw      *ebpf.Program `ebpf:"state_raw"`
 	StateTp       *ebpf.Program `ebpf:"state_tp"`
+	SynFentry     *ebpf.Program `ebpf:"syn_fentry"`
+	SynFexit      *ebpf.Program `ebpf:"syn_fexit"`
+	SynKprobe     *ebpf.Program `ebpf:"syn_kprobe"`
+	SynKretprobe  *ebpf.Program `ebpf:"syn_kretprobe"`
 	SysExitBtf    *ebpf.Program `ebpf:"sys_exit_btf"`
 	SysExitRaw    *ebpf.Program `ebpf:"sys_exit_raw"`
 }
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.AckFentry,
+		p.AckFexit,
+		p.AckKprobe,
+		p.AckKretprobe,
 		p.ExitBtf,
 		p.ExitRaw,
 		p.ForkBtf,
@@ -353,6 +403,10 @@ func (p *tcptracePrograms) Close() error {
 		p.StateBtf,
 		p.StateRaw,
 		p.StateTp,
+		p.SynFentry,
+		p.SynFexit,
+		p.SynKprobe,
+		p.SynKretprobe,
 		p.SysExitBtf,
 		p.SysExitRaw,
 	)

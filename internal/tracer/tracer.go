@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
@@ -67,18 +69,48 @@ func (h Hook) String() string {
 	}
 }
 
-// candidate is one way to attach a feature.
+// candidate is one way to attach a feature: one or more programs, all of
+// which must load and attach.
 type candidate struct {
-	name   string // as shown to the user
-	kind   string // tp_btf, raw_tp or tracepoint
-	prog   string // program name in the object
+	name  string // as shown to the user
+	kind  string // tp_btf, raw_tp, tracepoint, iter, fentry or kprobe
+	parts []part
+	// unusable, when set, says why this kernel cannot use the candidate
+	// (found before loading anything).
+	unusable error
+}
+
+// part is one program of a candidate and how to attach it.
+type part struct {
+	prog string // program name in the object
+	// as names a copy of prog to load against function fn instead of the
+	// function its section names (fentry/fexit are bound at load).
+	as, fn string
 	attach func(*ebpf.Program) (link.Link, error)
+}
+
+// name is the program's name once loaded.
+func (p part) name() string {
+	if p.as != "" {
+		return p.as
+	}
+	return p.prog
+}
+
+func single(name, kind, prog string, attach func(*ebpf.Program) (link.Link, error)) candidate {
+	return candidate{name: name, kind: kind, parts: []part{{prog: prog, attach: attach}}}
 }
 
 // feature is something the tracer needs, with its hooks best first.
 type feature struct {
 	name     string
 	required bool
+	// missesAreLost: runs of this feature's program that the kernel skips
+	// (recursion) lose records; set for state changes.
+	missesAreLost bool
+	// watchesDrops: its links close before the last listener walk (see
+	// RunPolling), so that walk counts what the watched calls had under way.
+	watchesDrops bool
 	// degraded says what the user loses when no hook attaches (optional features).
 	degraded   string
 	candidates []candidate
@@ -94,19 +126,32 @@ func tpBTF(p *ebpf.Program) (link.Link, error) {
 	return link.AttachTracing(link.TracingOptions{Program: p})
 }
 
+// kprobePMU is where a kernel with kprobes offers them to perf_event_open
+// (which cilium/ebpf prefers over tracefs).
+const kprobePMU = "/sys/bus/event_source/devices/kprobe"
+
+func kprobe(symbol string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) { return link.Kprobe(symbol, p, nil) }
+}
+
+func kretprobe(symbol string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(symbol, p, nil) }
+}
+
 func (t *Tracer) features(opts *Options) []feature {
 	states := feature{
-		name:     "state changes",
-		required: true,
+		name:          "state changes",
+		required:      true,
+		missesAreLost: true,
 		candidates: []candidate{
-			{"tp_btf/inet_sock_set_state", "tp_btf", "state_btf", tpBTF},
-			{"raw_tp/inet_sock_set_state", "raw_tp", "state_raw", rawTracepoint("inet_sock_set_state")},
-			{"tracepoint/sock/inet_sock_set_state", "tracepoint", "state_tp", func(p *ebpf.Program) (link.Link, error) {
+			single("tp_btf/inet_sock_set_state", "tp_btf", "state_btf", tpBTF),
+			single("raw_tp/inet_sock_set_state", "raw_tp", "state_raw", rawTracepoint("inet_sock_set_state")),
+			single("tracepoint/sock/inet_sock_set_state", "tracepoint", "state_tp", func(p *ebpf.Program) (link.Link, error) {
 				if err := t.ensureTracefs(opts.MountTracefs); err != nil {
 					return nil, err
 				}
 				return link.Tracepoint("sock", "inet_sock_set_state", p, nil)
-			}},
+			}),
 		},
 	}
 	sysExit := feature{
@@ -114,61 +159,83 @@ func (t *Tracer) features(opts *Options) []feature {
 		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port, " +
 			"and an accepted socket keeps its listener's owner",
 		candidates: []candidate{
-			{"tp_btf/sys_exit", "tp_btf", "sys_exit_btf", tpBTF},
-			{"raw_tp/sys_exit", "raw_tp", "sys_exit_raw", rawTracepoint("sys_exit")},
+			single("tp_btf/sys_exit", "tp_btf", "sys_exit_btf", tpBTF),
+			single("raw_tp/sys_exit", "raw_tp", "sys_exit_raw", rawTracepoint("sys_exit")),
 		},
 	}
 	forks := feature{
 		name:     "forks",
 		degraded: "a socket handed to a child process keeps naming its parent",
 		candidates: []candidate{
-			{"tp_btf/sched_process_fork", "tp_btf", "fork_btf", tpBTF},
-			{"raw_tp/sched_process_fork", "raw_tp", "fork_raw", rawTracepoint("sched_process_fork")},
+			single("tp_btf/sched_process_fork", "tp_btf", "fork_btf", tpBTF),
+			single("raw_tp/sched_process_fork", "raw_tp", "fork_raw", rawTracepoint("sched_process_fork")),
 		},
 	}
 	exits := feature{
 		name:     "exits",
 		degraded: "owner_exited is never set",
 		candidates: []candidate{
-			{"tp_btf/sched_process_exit", "tp_btf", "exit_btf", tpBTF},
-			{"raw_tp/sched_process_exit", "raw_tp", "exit_raw", rawTracepoint("sched_process_exit")},
+			single("tp_btf/sched_process_exit", "tp_btf", "exit_btf", tpBTF),
+			single("raw_tp/sched_process_exit", "raw_tp", "exit_raw", rawTracepoint("sched_process_exit")),
 		},
 	}
+	// Per-packet drops, with the client: the listen-queue checks themselves
+	// where fentry or kprobes exist, else the final-ACK overflows that
+	// kfree_skb names (6.15+). The counter walk below counts every drop on
+	// any path; these only name the packets behind the counts.
+	const synRecvV4, synRecvV6 = "tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock"
 	drops := feature{
-		name:     "drop reasons",
-		degraded: "drops are counted per listener, without the client's address or the kernel's reason",
+		name:         "dropped clients",
+		watchesDrops: true,
+		degraded:     "drops are counted per listener, without the client's address",
 		candidates: []candidate{
-			{"tp_btf/kfree_skb", "tp_btf", "kfree_rx_sk", tpBTF},
+			{name: "fentry+fexit/tcp_conn_request,tcp_v4_syn_recv_sock,tcp_v6_syn_recv_sock", kind: "fentry", parts: []part{
+				{prog: "syn_fentry", attach: tpBTF}, {prog: "syn_fexit", attach: tpBTF},
+				{prog: "ack_fentry", attach: tpBTF}, {prog: "ack_fexit", attach: tpBTF},
+				{prog: "ack_fentry", as: "ack_fentry_v6", fn: synRecvV6, attach: tpBTF},
+				{prog: "ack_fexit", as: "ack_fexit_v6", fn: synRecvV6, attach: tpBTF},
+			}},
+			{name: "kprobe+kretprobe/tcp_conn_request,tcp_v4_syn_recv_sock,tcp_v6_syn_recv_sock", kind: "kprobe", parts: []part{
+				{prog: "syn_kprobe", attach: kprobe("tcp_conn_request")},
+				{prog: "syn_kretprobe", attach: kretprobe("tcp_conn_request")},
+				{prog: "ack_kprobe", attach: kprobe(synRecvV4)}, {prog: "ack_kretprobe", attach: kretprobe(synRecvV4)},
+				{prog: "ack_kprobe", attach: kprobe(synRecvV6)}, {prog: "ack_kretprobe", attach: kretprobe(synRecvV6)},
+			}},
 		},
 	}
-	if t.reasons.listenOverflow == 0 {
-		drops.candidates = nil
-		drops.degraded = "this kernel has no TCP_LISTEN_OVERFLOW drop reason; " + drops.degraded
+	kprobes := &drops.candidates[1]
+	if _, err := os.Stat(kprobePMU); err != nil {
+		kprobes.unusable = fmt.Errorf("the kernel has no kprobes (%s missing: built without CONFIG_KPROBES)", kprobePMU)
 	}
+	kfree := single("tp_btf/kfree_skb (TCP_LISTEN_OVERFLOW)", "tp_btf", "kfree_rx_sk", tpBTF)
+	if t.reasons.listenOverflow == 0 {
+		kfree.unusable = errors.New("the kernel's BTF has no SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (added in 6.15)")
+	}
+	drops.candidates = append(drops.candidates, kfree)
 	polls := feature{
 		name:     "listener drop counters",
 		degraded: "no drops are reported and `tcptrace listeners` is unavailable",
 		candidates: []candidate{
-			{"iter/bpf_map_elem", "iter", "poll_listeners", func(p *ebpf.Program) (link.Link, error) {
+			single("iter/bpf_map_elem", "iter", "poll_listeners", func(p *ebpf.Program) (link.Link, error) {
 				it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps["listen_drops"]})
 				if err == nil {
 					t.pollIter = it
 				}
 				return it, err
-			}},
+			}),
 		},
 	}
 	scan := feature{
 		name:     "socket owner scan",
 		degraded: "owners of sockets older than tcptrace are unknown",
 		candidates: []candidate{
-			{"iter/task_file", "iter", "scan_socks", func(p *ebpf.Program) (link.Link, error) {
+			single("iter/task_file", "iter", "scan_socks", func(p *ebpf.Program) (link.Link, error) {
 				it, err := link.AttachIter(link.IterOptions{Program: p})
 				if err == nil {
 					t.iter = it
 				}
 				return it, err
-			}},
+			}),
 		},
 	}
 	// The scan comes first: owners of existing sockets are recorded before
@@ -178,10 +245,11 @@ func (t *Tracer) features(opts *Options) []feature {
 		fs = append(fs, drops)
 	}
 	if opts.HookKind != "" {
-		// Force one kind wherever a feature has it (tests reach the fallbacks so).
+		// Force one kind wherever a feature has it (tests reach the fallbacks
+		// so); a forced hook that does not attach is an error, not a fallback.
 		for i := range fs {
-			if kept := ofKind(fs[i].candidates, opts.HookKind); kept != nil || fs[i].required {
-				fs[i].candidates = kept
+			if kept := ofKind(fs[i].candidates, opts.HookKind); kept != nil {
+				fs[i].candidates, fs[i].required = kept, true
 			}
 		}
 	}
@@ -199,7 +267,7 @@ func ofKind(cs []candidate, kind string) []candidate {
 }
 
 // HookKinds lists the values Options.HookKind accepts.
-var HookKinds = []string{"tp_btf", "raw_tp", "tracepoint"}
+var HookKinds = []string{"tp_btf", "raw_tp", "tracepoint", "fentry", "kprobe"}
 
 // Tracer owns every BPF object tcptrace loaded; Close releases them all.
 type Tracer struct {
@@ -211,7 +279,8 @@ type Tracer struct {
 	mounted string     // tracefs mount point we created, unmounted on Close
 	reasons *dropReasons
 
-	pollIter *link.Iter // the listener walk (iter/bpf_map_elem)
+	pollIter  *link.Iter  // the listener walk (iter/bpf_map_elem)
+	dropWatch []link.Link // the per-packet drop hooks, closed before the last walk
 	// stateProg is the active state-change program: the runs the kernel
 	// skipped (recursion) are lost events too.
 	stateProg   *ebpf.Program
@@ -277,9 +346,14 @@ func New(opts Options) (_ *Tracer, err error) {
 	return t, nil
 }
 
+// watchBusy is how long the listener walk leaves alone a listener whose
+// queue check (fentry/kprobe) began at a full queue: that call's drop is
+// reported by its exit. Far longer than the call takes, even under emulation.
+const watchBusy = 10 * time.Millisecond
+
 func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *dropReasons) error {
 	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes,
-		ReasonListenOverflow: reasons.listenOverflow}
+		ReasonListenOverflow: reasons.listenOverflow, WatchBusyNs: uint64(watchBusy)}
 	if opts.EmitStates {
 		cfg.EmitStates = 1
 	}
@@ -333,12 +407,20 @@ func (t *Tracer) fillFilters(opts *Options) error {
 func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 	var errs []string
 	for i, c := range f.candidates {
-		l, coll, err := t.loadAndAttach(spec, c)
+		if c.unusable != nil {
+			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Err: c.unusable})
+			errs = append(errs, fmt.Sprintf("%s: %v", c.name, c.unusable))
+			continue
+		}
+		ls, coll, err := t.loadAndAttach(spec, c)
 		if err == nil {
-			t.links = append(t.links, l)
+			t.links = append(t.links, ls...)
 			t.progs = append(t.progs, coll)
-			if f.required {
-				t.stateProg = coll.Programs[c.prog]
+			if f.watchesDrops {
+				t.dropWatch = ls
+			}
+			if f.missesAreLost {
+				t.stateProg = coll.Programs[c.parts[0].name()]
 				t.stateMisses = recursionMisses(t.stateProg, 0)
 			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
@@ -347,7 +429,10 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 			}
 			return nil
 		}
-		if errors.Is(err, unix.EPERM) && !isVerifierError(err) {
+		if errors.Is(err, unix.EPERM) && !isVerifierError(err) && f.missesAreLost {
+			// The first program tcptrace needs: the kernel refuses BPF to
+			// this user. (Elsewhere EPERM can be one hook kind's refusal,
+			// as for fentry under some lockdown setups.)
 			return ErrPermission
 		}
 		t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Err: err})
@@ -360,25 +445,43 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 	return nil
 }
 
-// loadAndAttach loads only c's program (the others are pruned from the spec)
-// against the shared maps, then attaches it.
-func (t *Tracer) loadAndAttach(spec *ebpf.CollectionSpec, c candidate) (link.Link, *ebpf.Collection, error) {
-	ps := spec.Programs[c.prog]
-	if ps == nil {
-		return nil, nil, fmt.Errorf("program %s missing from the BPF object", c.prog)
-	}
+// loadAndAttach loads only c's programs (the others are pruned from the
+// spec) against the shared maps, then attaches each.
+func (t *Tracer) loadAndAttach(spec *ebpf.CollectionSpec, c candidate) (_ []link.Link, _ *ebpf.Collection, err error) {
 	one := spec.Copy()
-	one.Programs = map[string]*ebpf.ProgramSpec{c.prog: ps.Copy()}
+	one.Programs = map[string]*ebpf.ProgramSpec{}
+	for _, p := range c.parts {
+		ps := spec.Programs[p.prog]
+		if ps == nil {
+			return nil, nil, fmt.Errorf("program %s missing from the BPF object", p.prog)
+		}
+		ps = ps.Copy()
+		if p.fn != "" {
+			ps.AttachTo = p.fn
+		}
+		one.Programs[p.name()] = ps
+	}
 	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: t.maps.Maps})
 	if err != nil {
-		return nil, nil, loadError("load "+c.name, err)
+		return nil, nil, loadError("load", err)
 	}
-	l, err := c.attach(coll.Programs[c.prog])
-	if err != nil {
-		coll.Close()
-		return nil, nil, fmt.Errorf("attach %s: %w", c.name, err)
+	var ls []link.Link
+	defer func() {
+		if err != nil {
+			for _, l := range ls {
+				l.Close()
+			}
+			coll.Close()
+		}
+	}()
+	for _, p := range c.parts {
+		l, err := p.attach(coll.Programs[p.name()])
+		if err != nil {
+			return nil, nil, fmt.Errorf("attach %s: %w", p.name(), err)
+		}
+		ls = append(ls, l)
 	}
-	return l, coll, nil
+	return ls, coll, nil
 }
 
 // recursionMisses reads how often the kernel skipped p (def if unreadable).
@@ -408,6 +511,11 @@ func loadError(what string, err error) error {
 		}
 		return fmt.Errorf("%s: verifier rejected the program (%v): %s", what, ve.Cause, strings.Join(lines, " | "))
 	}
+	if errors.Is(err, unix.EPERM) {
+		// Not memlock (memcg-accounted since 5.11), whatever the library
+		// suggests: lockdown or an LSM refusing this kind of program.
+		return fmt.Errorf("%s: the kernel refused it: %w", what, unix.EPERM)
+	}
 	return fmt.Errorf("%s: %w", what, err)
 }
 
@@ -434,13 +542,28 @@ func (t *Tracer) Detach() error {
 	for _, l := range t.links {
 		errs = append(errs, l.Close())
 	}
-	t.links = nil
+	t.links, t.dropWatch = nil, nil
 	t.stateProg = nil
 	for _, c := range t.progs {
 		c.Close()
 	}
 	t.progs = nil
 	return errors.Join(errs...)
+}
+
+// stopDropWatch closes the per-packet drop hooks and waits out watchBusy, so
+// that the next listener walk counts every drop up to now: those whose exit
+// will not run any more included.
+func (t *Tracer) stopDropWatch() {
+	if len(t.dropWatch) == 0 {
+		return
+	}
+	for _, l := range t.dropWatch {
+		l.Close()
+		t.links = slices.DeleteFunc(t.links, func(x link.Link) bool { return x == l })
+	}
+	t.dropWatch = nil
+	time.Sleep(watchBusy)
 }
 
 // Close detaches and releases every program, link and map.
