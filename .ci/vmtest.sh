@@ -210,8 +210,9 @@ fi
 # The hook kinds each kernel offers for per-packet drops, best first (the
 # drop tests assert the first is tcptrace's own pick and force the others; see
 # dropHookRuns in internal/e2e). Passed to the guest's environment.
-# fentry loads on all three, so it is what tcptrace picks; kprobes are forced.
-declare -A drop_hooks=([5.10]=fentry,kprobe [6.1]=fentry,kprobe [6.12]=fentry,kprobe)
+# 6.1's tcp_v4_syn_recv_sock takes 7 arguments, more than its x86 BPF
+# trampolines take (fentry attach: "not supported"), so it falls back to kprobes.
+declare -A drop_hooks=([5.10]=fentry,kprobe [6.1]=kprobe [6.12]=fentry,kprobe)
 
 # boot LABEL: run one VM and write "RESULT SECONDS" to $cache/<release>.result.
 boot() {

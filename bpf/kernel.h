@@ -116,7 +116,13 @@ struct inet_connection_sock {
 	struct request_sock_queue icsk_accept_queue;
 } __attribute__((preserve_access_index));
 
+struct net_device {
+	possible_net_t nd_net;
+} __attribute__((preserve_access_index));
+
 struct sk_buff {
+	struct net_device *dev;
+	struct sock *sk;
 	unsigned char *head;
 	__u16 transport_header;
 	__u16 network_header;

@@ -23,6 +23,7 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+#define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 
 enum {
@@ -715,6 +716,100 @@ SEC("tp_btf/kfree_skb")
 int BPF_PROG(kfree_rx_sk, struct sk_buff *skb, void *location, int reason, struct sock *rx_sk)
 {
 	return handle_kfree(skb, reason, rx_sk);
+}
+
+/*
+ * Other TCP drops (what tcpdrop shows): a TCP packet the kernel freed as
+ * dropped, named by the kernel's reason where it gives one. sk is the socket
+ * it belonged to, if known. The ends come from the packet: an incoming one's
+ * destination is local; one the socket sent has its source there.
+ */
+static __always_inline int handle_other_drop(const struct sk_buff *skb, __u32 reason, const struct sock *sk)
+{
+	/* A listener's drops are the listener features' (and counted there). */
+	if (reason && reason == cfg.reason_listen_overflow)
+		return 0;
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	if (th == (__u16)~0U || nh == (__u16)~0U) /* not parsed down to TCP */
+		return 0;
+	struct drop d = {};
+	__u8 l4 = 0;
+	__be16 proto = BPF_CORE_READ(skb, protocol);
+	if (proto == bpf_htons(ETH_P_IP)) {
+		bpf_probe_read_kernel(&l4, 1, head + nh + 9);
+		d.family = AF_INET;
+		bpf_probe_read_kernel(d.daddr, 4, head + nh + 12);
+		bpf_probe_read_kernel(d.saddr, 4, head + nh + 16);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		bpf_probe_read_kernel(&l4, 1, head + nh + 6);
+		d.family = AF_INET6;
+		bpf_probe_read_kernel(d.daddr, 16, head + nh + 8);
+		bpf_probe_read_kernel(d.saddr, 16, head + nh + 24);
+	}
+	if (l4 != IPPROTO_TCP || (cfg.family && cfg.family != d.family))
+		return 0;
+	__be16 ports[2] = {};
+	bpf_probe_read_kernel(ports, sizeof(ports), head + th);
+	d.rport = bpf_ntohs(ports[0]);
+	d.lport = bpf_ntohs(ports[1]);
+
+	if (sk && is_tcp(sk)) {
+		__u64 skaddr = (__u64)sk;
+		if (d.rport == local_port(sk) && d.lport != d.rport) {
+			/* Outgoing: swap the ends. */
+			__u8 a[16];
+			__builtin_memcpy(a, d.saddr, 16);
+			__builtin_memcpy(d.saddr, d.daddr, 16);
+			__builtin_memcpy(d.daddr, a, 16);
+			__u16 p = d.lport;
+			d.lport = d.rport;
+			d.rport = p;
+		}
+		d.skaddr = skaddr;
+		d.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+		if (si)
+			d.owner = si->owner;
+	} else {
+		d.netns = BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	}
+	d.type = RECORD_DROP;
+	d.ts_ns = bpf_ktime_get_ns();
+	d.kind = DROP_OTHER;
+	d.count = 1;
+	d.reason = reason;
+	if (drop_wanted(&d))
+		output_record(&d, sizeof(d));
+	return 0;
+}
+
+/* 6.11+: rx_sk names the socket of an incoming packet that skb->sk does not. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(other_rx_sk, struct sk_buff *skb, void *location, int reason, struct sock *rx_sk)
+{
+	return handle_other_drop(skb, reason, rx_sk ? rx_sk : BPF_CORE_READ(skb, sk));
+}
+
+/* 5.17+: the reason, no rx_sk. */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(other_reason, struct sk_buff *skb, void *location, int reason)
+{
+	return handle_other_drop(skb, reason, BPF_CORE_READ(skb, sk));
+}
+
+/* Up to 5.18, TCP's input path dropped through tcp_drop(sk, skb): no reason. */
+SEC("fentry/tcp_drop")
+int BPF_PROG(tcp_drop_fentry, struct sock *sk, struct sk_buff *skb)
+{
+	return handle_other_drop(skb, 0, sk);
+}
+
+SEC("kprobe/tcp_drop")
+int BPF_KPROBE(tcp_drop_kprobe, struct sock *sk, struct sk_buff *skb)
+{
+	return handle_other_drop(skb, 0, sk);
 }
 
 /*

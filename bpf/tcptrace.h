@@ -16,6 +16,10 @@ enum drop_kind {
 	DROP_SYN = 3,
 	/* One handshake's final ACK the listener could not take (syn_recv_sock failed). */
 	DROP_ACK = 4,
+	/* Any other TCP packet the kernel dropped (kfree_skb with a reason, or
+	 * tcp_drop()): local and remote ends from the packet, the socket's owner
+	 * when the socket is known; skaddr 0 when not. */
+	DROP_OTHER = 5,
 };
 
 enum event_flag {

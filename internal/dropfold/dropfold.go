@@ -40,13 +40,19 @@ func (f *Folder) Take(e *event.Event) bool {
 	if e.Kind != event.KindDrop || !e.Drop.ClientKnown {
 		return true
 	}
-	l := f.per[e.Sock]
+	key := e.Sock
+	if key == 0 {
+		// A drop with no socket known (a packet to a closed port, say): per
+		// local port, never equal to a socket's address (kernel pointers).
+		key = uint64(e.LPort) | uint64(e.NetNS)<<16
+	}
+	l := f.per[key]
 	if l == nil || e.Mono-l.start >= window {
 		if l != nil && l.summary != nil {
 			return true // Flush has not run yet; keep order simple: pass it
 		}
 		l = &listener{start: e.Mono}
-		f.per[e.Sock] = l
+		f.per[key] = l
 	}
 	if l.passed < f.limit {
 		l.passed++

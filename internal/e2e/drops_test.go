@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/cilium/ebpf/btf"
@@ -296,4 +297,60 @@ func TestListenersTable(t *testing.T) {
 	ln.expect("closed")
 	ln.send("exit")
 	ln.wait()
+}
+
+// TestDropsOther: TCP drops elsewhere than at a listener come with the
+// kernel's reason. A connection attempt to a port nobody listens on is
+// refused, and the kernel drops the SYN as NO_SOCKET: one record, local end
+// the refused port, remote end the client, no owner and no queue figures.
+func TestDropsOther(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	tr := startTracer(t, "--events", "drops", "-v")
+	if !kernelHasReason(t, "NO_SOCKET") {
+		// Kernels before drop reasons: only tcp_drop() (no NO_SOCKET there),
+		// where the kernel kept it a function; -v must say which it is.
+		if !strings.Contains(tr.stderrText(), "other TCP drops: tcp_drop") &&
+			!strings.Contains(tr.stderrText(), "other TCP drops: none not used") {
+			t.Errorf("-v does not say how other TCP drops are seen:\n%s", tr.stderrText())
+		}
+		t.Logf("no NO_SOCKET drop reason here:\n%s", tr.stderrText())
+		return
+	}
+	var port int
+	err := ns.do(func() error {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		err = syscall.Connect(fd, &syscall.SockaddrInet4{Port: 7079, Addr: [4]byte{127, 0, 0, 1}})
+		if err != syscall.ECONNREFUSED {
+			return fmt.Errorf("connect to a closed port: %v, want ECONNREFUSED", err)
+		}
+		sa, err := syscall.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		port = sa.(*syscall.SockaddrInet4).Port
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.stopClean()
+	var found []record
+	for _, r := range tr.records("drop", ns) {
+		if r.Reason == "no_socket" && r.LPort == 7079 {
+			found = append(found, r)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("want one no_socket record for port 7079, got %v (all: %v)", found, tr.records("drop", ns))
+	}
+	r := found[0]
+	if r.KernelReason == nil || *r.KernelReason != "no_socket" || r.LAddr != "127.0.0.1" || r.RAddr != "127.0.0.1" ||
+		int(r.RPort) != port || r.Count != 1 || r.PID != 0 || r.Backlog != nil {
+		t.Errorf("record %s: want no_socket 127.0.0.1:7079 <- 127.0.0.1:%d, count 1, no owner, no queues", r, port)
+	}
 }

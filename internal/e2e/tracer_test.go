@@ -36,6 +36,7 @@ type record struct {
 	Count        uint64   `json:"count"`
 	Reason       string   `json:"reason"`
 	KernelReason *string  `json:"kernel_reason"`
+	Backlog      *uint32  `json:"backlog"`
 	AgeSeconds   *float64 `json:"age_seconds"`
 	AgeAtLeast   *float64 `json:"age_at_least_seconds"`
 }

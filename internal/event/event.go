@@ -95,10 +95,13 @@ type Drop struct {
 	// KernelReason is the kernel's skb_drop_reason name, when a packet was seen.
 	KernelReason string
 	Count        uint64
-	Backlog      uint32 // accept queue length
-	MaxBacklog   uint32
-	SynQueue     uint32 // handshakes under way
-	ClientKnown  bool
+	// Other is a TCP drop elsewhere than at a listener's queues (a packet the
+	// kernel dropped for KernelReason): no listen drop, no queue figures.
+	Other       bool
+	Backlog     uint32 // accept queue length
+	MaxBacklog  uint32
+	SynQueue    uint32 // handshakes under way
+	ClientKnown bool
 	// TopClients, for a summary of folded per-packet drops: most frequent first.
 	TopClients []ClientCount
 }

@@ -67,7 +67,7 @@ func (l *Limiter) Start(netns, pid uint32) {
 // grew by (the listener's queues, read a moment apart from the drop, can
 // mislead). Other records pass through emit unchanged.
 func (l *Limiter) Apply(e *event.Event, emit func(*event.Event) error) error {
-	if e.Kind != event.KindDrop || e.PID == 0 {
+	if e.Kind != event.KindDrop || e.PID == 0 || e.Drop.Other {
 		return emit(e)
 	}
 	b := l.ns[e.NetNS]

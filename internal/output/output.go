@@ -314,13 +314,17 @@ func appendDropText(b []byte, e *event.Event) []byte {
 		}
 		b = append(b, c)
 	}
-	b = append(b, " ("...)
-	b = strconv.AppendUint(b, uint64(d.Backlog), 10)
-	b = append(b, '/')
-	b = strconv.AppendUint(b, uint64(d.MaxBacklog), 10)
-	b = append(b, ", syn queue "...)
-	b = strconv.AppendUint(b, uint64(d.SynQueue), 10)
-	b = append(b, ") "...)
+	if d.Other {
+		b = append(b, ' ') // no listener: no queues to show
+	} else {
+		b = append(b, " ("...)
+		b = strconv.AppendUint(b, uint64(d.Backlog), 10)
+		b = append(b, '/')
+		b = strconv.AppendUint(b, uint64(d.MaxBacklog), 10)
+		b = append(b, ", syn queue "...)
+		b = strconv.AppendUint(b, uint64(d.SynQueue), 10)
+		b = append(b, ") "...)
+	}
 	b = appendAddrPort(b, e.LAddr.AppendTo, e.Family, e.LPort)
 	b = append(b, " <- "...)
 	switch {
@@ -380,12 +384,16 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 	} else {
 		b = append(b, `,"raddr":null,"rport":null`...)
 	}
-	b = append(b, `,"backlog":`...)
-	b = strconv.AppendUint(b, uint64(d.Backlog), 10)
-	b = append(b, `,"max_backlog":`...)
-	b = strconv.AppendUint(b, uint64(d.MaxBacklog), 10)
-	b = append(b, `,"syn_queue":`...)
-	b = strconv.AppendUint(b, uint64(d.SynQueue), 10)
+	if d.Other {
+		b = append(b, `,"backlog":null,"max_backlog":null,"syn_queue":null`...)
+	} else {
+		b = append(b, `,"backlog":`...)
+		b = strconv.AppendUint(b, uint64(d.Backlog), 10)
+		b = append(b, `,"max_backlog":`...)
+		b = strconv.AppendUint(b, uint64(d.MaxBacklog), 10)
+		b = append(b, `,"syn_queue":`...)
+		b = strconv.AppendUint(b, uint64(d.SynQueue), 10)
+	}
 	if d.TopClients != nil {
 		b = append(b, `,"top_clients":[`...)
 		for i, c := range d.TopClients {

@@ -315,3 +315,27 @@ func BenchmarkWriterJSON(b *testing.B) {
 		w.Write(e)
 	}
 }
+
+// Other TCP drops have no listener: no queue figures; an IPv4 client of a
+// dual-stack listener prints without brackets.
+func TestOtherDropAndMappedClient(t *testing.T) {
+	e := dropSample()
+	e.PID = 0
+	e.Drop = event.Drop{Reason: "no_socket", KernelReason: "no_socket", Count: 1, Other: true, ClientKnown: true}
+	want := "04:33:18.123 DROP no socket 10.0.0.5:3000 <- 10.0.0.9:51234 ? -\n"
+	if line := string(AppendText(nil, e, time.UTC)); line != want {
+		t.Fatalf("got\n%q\nwant\n%q", line, want)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["backlog"] != nil || m["max_backlog"] != nil || m["syn_queue"] != nil || m["reason"] != "no_socket" || m["pid"] != 0.0 {
+		t.Fatalf("json: %v", m)
+	}
+	e = dropSample()
+	e.Family, e.LAddr = event.IPv6, netip.IPv6Unspecified()
+	if line := string(AppendText(nil, e, time.UTC)); !strings.Contains(line, " [::]:3000 <- 10.0.0.9:51234 ") {
+		t.Fatalf("dual-stack: %q", line)
+	}
+}

@@ -119,6 +119,13 @@ func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Ev
 		} else {
 			ev.Drop.Reason = ev.Drop.KernelReason
 		}
+	case tcptraceDropKindDROP_OTHER:
+		ev.Drop.Other = true
+		ev.Drop.KernelReason = "not_specified" // tcp_drop() on kernels before drop reasons
+		if len(reasons.names) > 0 {
+			ev.Drop.KernelReason = reasons.name(r.Reason)
+		}
+		ev.Drop.Reason = ev.Drop.KernelReason
 	case tcptraceDropKindDROP_ACK:
 		// The handshake's last step failed: for want of accept queue room,
 		// or (rarely) memory or a route.

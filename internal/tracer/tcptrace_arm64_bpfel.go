@@ -57,6 +57,7 @@ const (
 	tcptraceDropKindDROP_COUNTED tcptraceDropKind = 2
 	tcptraceDropKindDROP_SYN     tcptraceDropKind = 3
 	tcptraceDropKindDROP_ACK     tcptraceDropKind = 4
+	tcptraceDropKindDROP_OTHER   tcptraceDropKind = 5
 )
 
 type tcptraceDropWatch struct {
@@ -188,6 +189,8 @@ const (
 	tcptraceProgForkBtf        = "fork_btf"
 	tcptraceProgForkRaw        = "fork_raw"
 	tcptraceProgKfreeRxSk      = "kfree_rx_sk"
+	tcptraceProgOtherReason    = "other_reason"
+	tcptraceProgOtherRxSk      = "other_rx_sk"
 	tcptraceProgPollListeners  = "poll_listeners"
 	tcptraceProgScanSocks      = "scan_socks"
 	tcptraceProgStateBtf       = "state_btf"
@@ -199,6 +202,8 @@ const (
 	tcptraceProgSynKretprobe   = "syn_kretprobe"
 	tcptraceProgSysExitBtf     = "sys_exit_btf"
 	tcptraceProgSysExitRaw     = "sys_exit_raw"
+	tcptraceProgTcpDropFentry  = "tcp_drop_fentry"
+	tcptraceProgTcpDropKprobe  = "tcp_drop_kprobe"
 	tcptraceVarCfg             = "cfg"
 	tcptraceVarUnusedDrop      = "unused_drop"
 	tcptraceVarUnusedDropKind  = "unused_drop_kind"
@@ -257,6 +262,8 @@ type tcptraceProgramSpecs struct {
 	ForkBtf       *ebpf.ProgramSpec `ebpf:"fork_btf"`
 	ForkRaw       *ebpf.ProgramSpec `ebpf:"fork_raw"`
 	KfreeRxSk     *ebpf.ProgramSpec `ebpf:"kfree_rx_sk"`
+	OtherReason   *ebpf.ProgramSpec `ebpf:"other_reason"`
+	OtherRxSk     *ebpf.ProgramSpec `ebpf:"other_rx_sk"`
 	PollListeners *ebpf.ProgramSpec `ebpf:"poll_listeners"`
 	ScanSocks     *ebpf.ProgramSpec `ebpf:"scan_socks"`
 	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
@@ -268,6 +275,8 @@ type tcptraceProgramSpecs struct {
 	SynKretprobe  *ebpf.ProgramSpec `ebpf:"syn_kretprobe"`
 	SysExitBtf    *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
 	SysExitRaw    *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
+	TcpDropFentry *ebpf.ProgramSpec `ebpf:"tcp_drop_fentry"`
+	TcpDropKprobe *ebpf.ProgramSpec `ebpf:"tcp_drop_kprobe"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -374,6 +383,8 @@ type tcptracePrograms struct {
 	ForkBtf       *ebpf.Program `ebpf:"fork_btf"`
 	ForkRaw       *ebpf.Program `ebpf:"fork_raw"`
 	KfreeRxSk     *ebpf.Program `ebpf:"kfree_rx_sk"`
+	OtherReason   *ebpf.Program `ebpf:"other_reason"`
+	OtherRxSk     *ebpf.Program `ebpf:"other_rx_sk"`
 	PollListeners *ebpf.Program `ebpf:"poll_listeners"`
 	ScanSocks     *ebpf.Program `ebpf:"scan_socks"`
 	StateBtf      *ebpf.Program `ebpf:"state_btf"`
@@ -385,6 +396,8 @@ type tcptracePrograms struct {
 	SynKretprobe  *ebpf.Program `ebpf:"syn_kretprobe"`
 	SysExitBtf    *ebpf.Program `ebpf:"sys_exit_btf"`
 	SysExitRaw    *ebpf.Program `ebpf:"sys_exit_raw"`
+	TcpDropFentry *ebpf.Program `ebpf:"tcp_drop_fentry"`
+	TcpDropKprobe *ebpf.Program `ebpf:"tcp_drop_kprobe"`
 }
 
 func (p *tcptracePrograms) Close() error {
@@ -398,6 +411,8 @@ func (p *tcptracePrograms) Close() error {
 		p.ForkBtf,
 		p.ForkRaw,
 		p.KfreeRxSk,
+		p.OtherReason,
+		p.OtherRxSk,
 		p.PollListeners,
 		p.ScanSocks,
 		p.StateBtf,
@@ -409,6 +424,8 @@ func (p *tcptracePrograms) Close() error {
 		p.SynKretprobe,
 		p.SysExitBtf,
 		p.SysExitRaw,
+		p.TcpDropFentry,
+		p.TcpDropKprobe,
 	)
 }
 

@@ -126,6 +126,13 @@ func tpBTF(p *ebpf.Program) (link.Link, error) {
 	return link.AttachTracing(link.TracingOptions{Program: p})
 }
 
+// kernelHas reports whether the kernel's BTF has a function of this name
+// (one that was not inlined away, so fentry and kprobes can reach it).
+func (t *Tracer) kernelHas(fn string) bool {
+	var f *btf.Func
+	return t.kernel != nil && t.kernel.TypeByName(fn, &f) == nil
+}
+
 // kprobePMU is where a kernel with kprobes offers them to perf_event_open
 // (which cilium/ebpf prefers over tracefs).
 const kprobePMU = "/sys/bus/event_source/devices/kprobe"
@@ -212,6 +219,32 @@ func (t *Tracer) features(opts *Options) []feature {
 		kfree.unusable = errors.New("the kernel's BTF has no SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (added in 6.15)")
 	}
 	drops.candidates = append(drops.candidates, kfree)
+	// Other TCP drops, by the kernel's reason where it has them: kfree_skb
+	// (reason 5.17+, rx_sk 6.11+), else tcp_drop() (up to 5.18) where the
+	// kernel kept it a function of its own.
+	others := feature{
+		name:     "other TCP drops",
+		degraded: "TCP drops other than at listeners' queues are not reported",
+		candidates: []candidate{
+			single("tp_btf/kfree_skb (reason, rx_sk)", "tp_btf", "other_rx_sk", tpBTF),
+			single("tp_btf/kfree_skb (reason)", "tp_btf", "other_reason", tpBTF),
+		},
+	}
+	if len(t.reasons.names) == 0 {
+		for i := range others.candidates {
+			others.candidates[i].unusable = errors.New("the kernel's BTF has no enum skb_drop_reason (kfree_skb has reasons since 5.17)")
+		}
+	}
+	if t.kernelHas("tcp_drop") {
+		// Offered only where the function exists, so a forced kind does not
+		// fail on kernels past 5.18 for a function they no longer have.
+		others.candidates = append(others.candidates,
+			single("fentry/tcp_drop", "fentry", "tcp_drop_fentry", tpBTF),
+			candidate{name: "kprobe/tcp_drop", kind: "kprobe", unusable: kprobes.unusable,
+				parts: []part{{prog: "tcp_drop_kprobe", attach: kprobe("tcp_drop")}}})
+	} else {
+		others.degraded += " (no tcp_drop() in this kernel's BTF to fall back on)"
+	}
 	polls := feature{
 		name:     "listener drop counters",
 		degraded: "no drops are reported and `tcptrace listeners` is unavailable",
@@ -242,7 +275,7 @@ func (t *Tracer) features(opts *Options) []feature {
 	// the state hooks start reading them.
 	fs := []feature{scan, forks, exits, sysExit, states, polls}
 	if opts.EmitDrops {
-		fs = append(fs, drops)
+		fs = append(fs, drops, others)
 	}
 	if opts.HookKind != "" {
 		// Force one kind wherever a feature has it (tests reach the fallbacks
@@ -278,6 +311,7 @@ type Tracer struct {
 	iter    *link.Iter // the socket scan, when the kernel has task_file iterators
 	mounted string     // tracefs mount point we created, unmounted on Close
 	reasons *dropReasons
+	kernel  *btf.Spec // the running kernel's BTF
 
 	pollIter  *link.Iter  // the listener walk (iter/bpf_map_elem)
 	dropWatch []link.Link // the per-packet drop hooks, closed before the last walk
@@ -321,7 +355,7 @@ func New(opts Options) (_ *Tracer, err error) {
 		return nil, err
 	}
 
-	t := &Tracer{reasons: reasons}
+	t := &Tracer{reasons: reasons, kernel: kernel}
 	defer func() {
 		if err != nil {
 			t.Close()
