@@ -729,6 +729,8 @@ static __always_inline int handle_other_drop(const struct sk_buff *skb, __u32 re
 	/* A listener's drops are the listener features' (and counted there). */
 	if (reason && reason == cfg.reason_listen_overflow)
 		return 0;
+	if (sk && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
+		return 0;
 	unsigned char *head = BPF_CORE_READ(skb, head);
 	__u16 nh = BPF_CORE_READ(skb, network_header);
 	__u16 th = BPF_CORE_READ(skb, transport_header);
@@ -785,18 +787,31 @@ static __always_inline int handle_other_drop(const struct sk_buff *skb, __u32 re
 	return 0;
 }
 
+/*
+ * kfree_skb without a reason (NOT_SPECIFIED) is left out: in TCP it is mostly
+ * the second half of a listen drop reported already (the discarded final ACK
+ * before 6.15) or a socket's teardown, and kfree_skb_reason() marks the drops
+ * TCP names.
+ */
+static __always_inline int handle_kfree_other(const struct sk_buff *skb, __u32 reason, const struct sock *sk)
+{
+	if (reason == cfg.reason_not_specified)
+		return 0;
+	return handle_other_drop(skb, reason, sk);
+}
+
 /* 6.11+: rx_sk names the socket of an incoming packet that skb->sk does not. */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(other_rx_sk, struct sk_buff *skb, void *location, int reason, struct sock *rx_sk)
 {
-	return handle_other_drop(skb, reason, rx_sk ? rx_sk : BPF_CORE_READ(skb, sk));
+	return handle_kfree_other(skb, reason, rx_sk ? rx_sk : BPF_CORE_READ(skb, sk));
 }
 
 /* 5.17+: the reason, no rx_sk. */
 SEC("tp_btf/kfree_skb")
 int BPF_PROG(other_reason, struct sk_buff *skb, void *location, int reason)
 {
-	return handle_other_drop(skb, reason, BPF_CORE_READ(skb, sk));
+	return handle_kfree_other(skb, reason, BPF_CORE_READ(skb, sk));
 }
 
 /* Up to 5.18, TCP's input path dropped through tcp_drop(sk, skb): no reason. */
@@ -825,8 +840,9 @@ int BPF_KPROBE(tcp_drop_kprobe, struct sock *sk, struct sk_buff *skb)
 struct drop_watch {
 	__u64 sk;
 	__u64 skb;
-	__u32 drops; /* sk_drops at entry */
-	__u32 armed;
+	__u32 drops;   /* sk_drops at entry */
+	__u16 armed;
+	__u16 advance; /* how much of sk_drops a drop here stands for */
 };
 
 enum { WATCH_SYN, WATCH_ACK, WATCH_SLOTS };
@@ -838,7 +854,7 @@ struct {
 	__type(value, struct drop_watch);
 } drop_watch SEC(".maps");
 
-static __always_inline int watch_enter(__u32 slot, const struct sock *sk, const struct sk_buff *skb)
+static __always_inline int watch_enter(__u32 slot, const struct sock *sk, const struct sk_buff *skb, __u16 advance)
 {
 	struct drop_watch *w = bpf_map_lookup_elem(&drop_watch, &slot);
 	if (!w)
@@ -847,6 +863,7 @@ static __always_inline int watch_enter(__u32 slot, const struct sock *sk, const 
 	w->skb = (__u64)skb;
 	w->drops = BPF_CORE_READ(sk, sk_drops.counter);
 	w->armed = 1;
+	w->advance = advance;
 	/* A full queue is where drops come from (tcp_conn_request's checks). */
 	__u32 max = BPF_CORE_READ(sk, sk_max_ack_backlog);
 	if (BPF_CORE_READ(sk, sk_ack_backlog) > max ||
@@ -869,14 +886,14 @@ static __always_inline int watch_exit(__u32 slot, bool failed, __u8 kind)
 	const struct sock *sk = (const struct sock *)w->sk;
 	if (!failed || (__s32)(BPF_CORE_READ(sk, sk_drops.counter) - w->drops) <= 0)
 		return 0;
-	report_packet(sk, (const struct sk_buff *)w->skb, kind, 0, 1);
+	report_packet(sk, (const struct sk_buff *)w->skb, kind, 0, w->advance);
 	return 0;
 }
 
 SEC("fentry/tcp_conn_request")
 int BPF_PROG(syn_fentry, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
 {
-	return watch_enter(WATCH_SYN, sk, skb);
+	return watch_enter(WATCH_SYN, sk, skb, 1);
 }
 
 SEC("fexit/tcp_conn_request")
@@ -890,11 +907,22 @@ int BPF_PROG(syn_fexit)
  * number of arguments, which grew in newer kernels (6.12 has seven).
  */
 
+/*
+ * A final ACK that fails here from tcp_check_req() (req_unhash set) bumps
+ * sk_drops again on its way out (tcp_v4/v6_rcv's discard path), as the
+ * TCP_LISTEN_OVERFLOW kfree does: two counts for one drop. From a syncookie
+ * or Fast Open (req_unhash NULL) it is one.
+ */
+static __always_inline __u16 ack_advance(const void *req_unhash)
+{
+	return req_unhash ? 2 : 1;
+}
+
 /* The loader attaches a second copy of each to tcp_v6_syn_recv_sock. */
 SEC("fentry/tcp_v4_syn_recv_sock")
-int BPF_PROG(ack_fentry, struct sock *sk, struct sk_buff *skb)
+int BPF_PROG(ack_fentry, struct sock *sk, struct sk_buff *skb, void *req, void *dst, void *req_unhash)
 {
-	return watch_enter(WATCH_ACK, sk, skb);
+	return watch_enter(WATCH_ACK, sk, skb, ack_advance(req_unhash));
 }
 
 SEC("fexit/tcp_v4_syn_recv_sock")
@@ -906,7 +934,7 @@ int BPF_PROG(ack_fexit)
 SEC("kprobe/tcp_conn_request")
 int BPF_KPROBE(syn_kprobe, void *rsk_ops, void *af_ops, struct sock *sk, struct sk_buff *skb)
 {
-	return watch_enter(WATCH_SYN, sk, skb);
+	return watch_enter(WATCH_SYN, sk, skb, 1);
 }
 
 SEC("kretprobe/tcp_conn_request")
@@ -917,9 +945,9 @@ int BPF_KRETPROBE(syn_kretprobe)
 
 /* Attached to tcp_v4_syn_recv_sock and tcp_v6_syn_recv_sock. */
 SEC("kprobe/tcp_v4_syn_recv_sock")
-int BPF_KPROBE(ack_kprobe, struct sock *sk, struct sk_buff *skb)
+int BPF_KPROBE(ack_kprobe, struct sock *sk, struct sk_buff *skb, void *req, void *dst, void *req_unhash)
 {
-	return watch_enter(WATCH_ACK, sk, skb);
+	return watch_enter(WATCH_ACK, sk, skb, ack_advance(req_unhash));
 }
 
 SEC("kretprobe/tcp_v4_syn_recv_sock")

@@ -243,10 +243,15 @@ func TestHooksChosen(t *testing.T) {
 	}
 	active := map[string]string{}
 	for _, line := range strings.Split(stderr, "\n") {
-		if h, ok := strings.CutPrefix(line, "tcptrace: hook: "); ok && strings.HasSuffix(h, " (active)") {
+		h, ok := strings.CutPrefix(line, "tcptrace: hook: ")
+		switch {
+		case ok && strings.HasSuffix(h, " (active)"):
 			feature, hook, _ := strings.Cut(strings.TrimSuffix(h, " (active)"), ": ")
 			active[feature] = hook
 			t.Logf("%-28s %s", feature+":", hook)
+		case ok && strings.Contains(h, ": none not used: "):
+			feature, why, _ := strings.Cut(h, ": none not used: ")
+			t.Logf("%-28s none: %s", feature+":", why)
 		}
 	}
 	for _, f := range []string{"state changes", "socket owner scan", "forks", "exits", "connect port, accept owner", "listener drop counters"} {

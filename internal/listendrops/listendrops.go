@@ -4,8 +4,9 @@
 //
 // Counts come from each listener's drop counter, sk_drops, which grows with
 // every listen drop but, on some paths, also with a packet the listener
-// discards (a final ACK that overflows the accept queue bumps it twice on
-// kernels before 6.15, where tcptrace cannot see the packet). So per
+// discards (a final ACK that overflows the accept queue bumps it twice; unseen
+// where neither fentry, kprobes nor kfree_skb's TCP_LISTEN_OVERFLOW (6.15+)
+// show the packet). So per
 // namespace, the counts reported so far never exceed the growth of its
 // ListenDrops: excess is cut, and once drops stop the two are equal.
 package listendrops

@@ -11,6 +11,7 @@ import (
 type dropReasons struct {
 	names          map[uint32]string // lower case, without SKB_DROP_REASON_
 	listenOverflow uint32            // SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, 0 if absent
+	notSpecified   uint32            // SKB_DROP_REASON_NOT_SPECIFIED
 }
 
 func loadDropReasons(spec *btf.Spec) *dropReasons {
@@ -22,8 +23,11 @@ func loadDropReasons(spec *btf.Spec) *dropReasons {
 	for _, v := range e.Values {
 		name := strings.ToLower(strings.TrimPrefix(v.Name, "SKB_DROP_REASON_"))
 		r.names[uint32(v.Value)] = name
-		if name == "tcp_listen_overflow" {
+		switch name {
+		case "tcp_listen_overflow":
 			r.listenOverflow = uint32(v.Value)
+		case "not_specified":
+			r.notSpecified = uint32(v.Value)
 		}
 	}
 	return r

@@ -25,6 +25,8 @@ type tcptraceConfig struct {
 	EmitDrops            uint8
 	_                    [2]byte
 	ReasonListenOverflow uint32
+	ReasonNotSpecified   uint32
+	Pad                  uint32
 	WatchBusyNs          uint64
 }
 
@@ -61,11 +63,12 @@ const (
 )
 
 type tcptraceDropWatch struct {
-	_     structs.HostLayout
-	Sk    uint64
-	Skb   uint64
-	Drops uint32
-	Armed uint32
+	_       structs.HostLayout
+	Sk      uint64
+	Skb     uint64
+	Drops   uint32
+	Armed   uint16
+	Advance uint16
 }
 
 type tcptraceEvent struct {

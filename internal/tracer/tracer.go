@@ -191,6 +191,10 @@ func (t *Tracer) features(opts *Options) []feature {
 	// kfree_skb names (6.15+). The counter walk below counts every drop on
 	// any path; these only name the packets behind the counts.
 	const synRecvV4, synRecvV6 = "tcp_v4_syn_recv_sock", "tcp_v6_syn_recv_sock"
+	var noKprobes error
+	if _, err := os.Stat(kprobePMU); err != nil {
+		noKprobes = fmt.Errorf("the kernel has no kprobes (%s missing: built without CONFIG_KPROBES)", kprobePMU)
+	}
 	drops := feature{
 		name:         "dropped clients",
 		watchesDrops: true,
@@ -202,17 +206,13 @@ func (t *Tracer) features(opts *Options) []feature {
 				{prog: "ack_fentry", as: "ack_fentry_v6", fn: synRecvV6, attach: tpBTF},
 				{prog: "ack_fexit", as: "ack_fexit_v6", fn: synRecvV6, attach: tpBTF},
 			}},
-			{name: "kprobe+kretprobe/tcp_conn_request,tcp_v4_syn_recv_sock,tcp_v6_syn_recv_sock", kind: "kprobe", parts: []part{
+			{name: "kprobe+kretprobe/tcp_conn_request,tcp_v4_syn_recv_sock,tcp_v6_syn_recv_sock", kind: "kprobe", unusable: noKprobes, parts: []part{
 				{prog: "syn_kprobe", attach: kprobe("tcp_conn_request")},
 				{prog: "syn_kretprobe", attach: kretprobe("tcp_conn_request")},
 				{prog: "ack_kprobe", attach: kprobe(synRecvV4)}, {prog: "ack_kretprobe", attach: kretprobe(synRecvV4)},
 				{prog: "ack_kprobe", attach: kprobe(synRecvV6)}, {prog: "ack_kretprobe", attach: kretprobe(synRecvV6)},
 			}},
 		},
-	}
-	kprobes := &drops.candidates[1]
-	if _, err := os.Stat(kprobePMU); err != nil {
-		kprobes.unusable = fmt.Errorf("the kernel has no kprobes (%s missing: built without CONFIG_KPROBES)", kprobePMU)
 	}
 	kfree := single("tp_btf/kfree_skb (TCP_LISTEN_OVERFLOW)", "tp_btf", "kfree_rx_sk", tpBTF)
 	if t.reasons.listenOverflow == 0 {
@@ -240,7 +240,7 @@ func (t *Tracer) features(opts *Options) []feature {
 		// fail on kernels past 5.18 for a function they no longer have.
 		others.candidates = append(others.candidates,
 			single("fentry/tcp_drop", "fentry", "tcp_drop_fentry", tpBTF),
-			candidate{name: "kprobe/tcp_drop", kind: "kprobe", unusable: kprobes.unusable,
+			candidate{name: "kprobe/tcp_drop", kind: "kprobe", unusable: noKprobes,
 				parts: []part{{prog: "tcp_drop_kprobe", attach: kprobe("tcp_drop")}}})
 	} else {
 		others.degraded += " (no tcp_drop() in this kernel's BTF to fall back on)"
@@ -387,7 +387,8 @@ const watchBusy = 10 * time.Millisecond
 
 func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *dropReasons) error {
 	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes,
-		ReasonListenOverflow: reasons.listenOverflow, WatchBusyNs: uint64(watchBusy)}
+		ReasonListenOverflow: reasons.listenOverflow, ReasonNotSpecified: reasons.notSpecified,
+		WatchBusyNs: uint64(watchBusy)}
 	if opts.EmitStates {
 		cfg.EmitStates = 1
 	}
