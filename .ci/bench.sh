@@ -199,10 +199,11 @@ stop_tracer() {
 declare -A RATE SPAN EV ALL LOST SKIP CPUS RSS AGE50 AGE99
 counts_tcptrace() { # -o json to W/NAME.out, or text to /dev/null; the exit summary on stderr
 	local f=$W/$1.out err=$W/$1.err
-	if [[ -f $f ]]; then EV[$1]=$(grep -cE "\"(lport|rport)\":$PORT," "$f" || true); else EV[$1]="-"; fi
+	# State records only: drop records (other TCP drops) may name the port too.
+	if [[ -f $f ]]; then EV[$1]=$(grep -cE "^\{\"type\":\"state\".*\"(lport|rport)\":$PORT," "$f" || true); else EV[$1]="-"; fi
 	if [[ -f $f && ${EV[$1]} != "$TRUTH" ]]; then # which changes went missing?
 		say "$1: the storm's state changes it wrote, by transition (each should be $((ROUNDS * CONNS))):"
-		grep -E "\"(lport|rport)\":$PORT," "$f" | grep -o '"old_state":"[A-Z_0-9]*","new_state":"[A-Z_0-9]*"' |
+		grep -E "^\{\"type\":\"state\".*\"(lport|rport)\":$PORT," "$f" | grep -o '"old_state":"[A-Z_0-9]*","new_state":"[A-Z_0-9]*"' |
 			sort | uniq -c >&2 || true
 	fi
 	ALL[$1]=$(sed -n 's/^tcptrace: \([0-9]*\) events, .*/\1/p' "$err")
