@@ -38,8 +38,8 @@ type Options struct {
 	// EmitStates and EmitDrops select the record kinds (--events).
 	EmitStates, EmitDrops bool
 
-	// HookKind forces one kind of hook ("tp_btf", "raw_tp", "tracepoint")
-	// for every feature that has one, and for state changes; empty picks the
+	// HookKind forces one kind of hook (one of HookKinds) for every feature
+	// that has one, which then fails rather than fall back; empty picks the
 	// best that loads.
 	HookKind string
 	// MountTracefs allows mounting tracefs at /sys/kernel/tracing when the
