@@ -89,9 +89,9 @@ struct event {
 /* Drops at a listener. type sits where struct event has it. */
 struct drop {
 	__u64 ts_ns;     /* CLOCK_MONOTONIC */
-	__u64 skaddr;    /* the listener */
+	__u64 skaddr;    /* the listener (DROP_OTHER: the socket, 0 if unknown) */
 	__u32 count;     /* drops this record stands for */
-	__u32 reason;    /* enum skb_drop_reason of the running kernel (DROP_PACKET) */
+	__u32 reason;    /* enum skb_drop_reason of the running kernel (DROP_PACKET, DROP_OTHER) */
 	enum record_type type;
 	__u32 netns;
 	__u32 backlog;   /* accept queue length */

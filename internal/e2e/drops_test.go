@@ -119,6 +119,21 @@ func hookRunName(kind string) string {
 // perPacket reports whether a drop record names its client (one packet).
 func perPacket(r record) bool { return r.RAddr != "" }
 
+// perPacketFloor is how many of n drops must come one per packet, with the
+// client, on the active hook kind: all on fentry; on kprobes nearly all (the
+// kernel skips a kprobe's program while another kprobe-type program or a BPF
+// syscall holds that CPU, bpf_prog_active, and such a drop comes counted);
+// none where only counters and kfree_skb see them.
+func perPacketFloor(active string, n uint64) uint64 {
+	switch active {
+	case "fentry":
+		return n
+	case "kprobe":
+		return n * 9 / 10
+	}
+	return 0
+}
+
 // listenDrops keeps the drop records of listeners: other TCP drops (no queue
 // figures) come too, e.g. the unread data of accepted-queue connections
 // purged as the listener closes (queue_purge).
@@ -183,16 +198,9 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 			if sum != truth {
 				t.Fatalf("drop records sum to %d, the kernel counted %d", sum, truth)
 			}
-			switch {
-			case active == "fentry" || active == "kprobe":
+			switch want := perPacketFloor(active, truth); {
+			case want > 0:
 				// Every drop is one SYN or one final ACK, seen as it happens.
-				// The kernel skips a kprobe's program while another kprobe-type
-				// program or a BPF syscall holds that CPU (bpf_prog_active), so
-				// there a few may come counted instead, without the client.
-				want := truth
-				if active == "kprobe" {
-					want = truth * 9 / 10
-				}
 				if uint64(len(packets)) < want || len(acks) == 0 {
 					t.Fatalf("%d per-packet records (%d final ACKs) for %d drops: want at least %d, ACKs included",
 						len(packets), len(acks), truth, want)
@@ -255,14 +263,7 @@ func TestDropsSynQueueFull(t *testing.T) {
 			if sum != truth || sumQ != truthQ {
 				t.Fatalf("records: %d drops (%d syn_queue_full); the kernel counted %d (%d TCPReqQFullDrop)", sum, sumQ, truth, truthQ)
 			}
-			want := uint64(0)
-			switch active {
-			case "fentry":
-				want = truthQ
-			case "kprobe":
-				want = truthQ * 9 / 10 // see TestDropsAcceptQueueFull
-			}
-			if packetsQ < want {
+			if want := perPacketFloor(active, truthQ); packetsQ < want {
 				t.Fatalf("%d dropped SYNs came with their client, of %d: want at least %d", packetsQ, truthQ, want)
 			}
 		})
