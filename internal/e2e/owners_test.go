@@ -208,13 +208,19 @@ func countMapEntries(t *testing.T, name string) int {
 
 func rssKiB(t *testing.T, pid int) int {
 	t.Helper()
+	return procStatusKiB(t, pid, "VmRSS")
+}
+
+// procStatusKiB reads one "Name: N kB" line of /proc/PID/status.
+func procStatusKiB(t *testing.T, pid int, name string) int {
+	t.Helper()
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`VmRSS:\s+(\d+) kB`).FindSubmatch(b)
+	m := regexp.MustCompile(name + `:\s+(\d+) kB`).FindSubmatch(b)
 	if m == nil {
-		t.Fatalf("no VmRSS in /proc/%d/status", pid)
+		t.Fatalf("no %s in /proc/%d/status", name, pid)
 	}
 	n, _ := strconv.Atoi(string(m[1]))
 	return n
@@ -249,6 +255,7 @@ func TestOwnerStateStaysBounded(t *testing.T) {
 	elapsed := time.Since(start)
 	time.Sleep(200 * time.Millisecond)
 	rssEnd := rssKiB(t, tr.cmd.Process.Pid)
+	peak := procStatusKiB(t, tr.cmd.Process.Pid, "VmHWM")
 	socks := countMapEntries(t, "socks")
 	tr.stopClean()
 
@@ -257,13 +264,25 @@ func TestOwnerStateStaysBounded(t *testing.T) {
 		t.Fatalf("no owner cache report in:\n%s", tr.stderrText())
 	}
 	cached, _ := strconv.Atoi(m[1])
-	t.Logf("%d connections (%.0f/s): RSS %d -> %d KiB, kernel socks entries %d, owner cache %d",
-		total, float64(total-warm)/elapsed.Seconds(), rssWarm, rssEnd, socks, cached)
+	t.Logf("%d connections (%.0f/s): RSS %d -> %d KiB (peak %d), kernel socks entries %d, owner cache %d",
+		total, float64(total-warm)/elapsed.Seconds(), rssWarm, rssEnd, peak, socks, cached)
 	if socks > 100 || cached > 100 {
 		t.Errorf("per-socket state left behind: %d kernel entries, %d cached owners", socks, cached)
 	}
-	if rssEnd-rssWarm > 16<<10 {
-		t.Errorf("RSS grew by %d KiB over %d connections", rssEnd-rssWarm, total-warm)
+	// A leak grows with the connections; the Go heap's own swings (a GC
+	// cycle's timing, pages not yet returned) do not. Seen: RSS up 16.3 MiB
+	// over 18,000 connections in a 5.10 VM with no socket state left, and
+	// down 6 MiB on the host. So the short run only catches leaks of about
+	// 1.8 KiB or more per connection; the full run about 90 bytes.
+	limit := 16 << 10
+	if testing.Short() {
+		limit = 32 << 10
+	}
+	if rssEnd-rssWarm > limit {
+		t.Errorf("RSS grew by %d KiB over %d connections (limit %d KiB)", rssEnd-rssWarm, total-warm, limit)
+	}
+	if peak > 64<<10 {
+		t.Errorf("peak RSS %d KiB, over the 64 MiB target", peak)
 	}
 	if strings.Contains(tr.stderrText(), "scan failed") {
 		t.Error(tr.stderrText())
