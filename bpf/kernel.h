@@ -244,7 +244,7 @@ struct pt_regs {
 	unsigned long di, si, dx, cx, r8, r9, ax;
 	long orig_ax;
 } __attribute__((preserve_access_index));
-#define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#define SYSCALL_NR_FIELD orig_ax
 #define NR_connect 42
 #define NR_accept 43
 #define NR_accept4 288
@@ -256,7 +256,7 @@ struct pt_regs {
 struct user_pt_regs {
 	__u64 regs[31];
 } __attribute__((preserve_access_index));
-#define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#define SYSCALL_NR_FIELD syscallno
 #define NR_connect 203
 #define NR_accept 202
 #define NR_accept4 242

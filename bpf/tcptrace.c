@@ -39,6 +39,15 @@ enum {
 
 volatile const struct config cfg = {};
 
+/*
+ * tp_btf programs get the kernel's typed pointers: a field is one plain load,
+ * which the verifier guards, where raw_tp and classic tracepoint programs pay
+ * a bpf_probe_read_kernel() call per field (measured on 6.18: ~55 ns each, the
+ * larger part of a state change's cost). Shared code takes `btf`, a constant
+ * at every call site, so the branch a program cannot use is compiled out.
+ */
+#define READ(btf, src, field) ((btf) ? (src)->field : BPF_CORE_READ(src, field))
+
 /* Put these in BTF, so bpf2go generates their Go types. */
 const struct sock_fd *unused_sock_fd __attribute__((unused));
 const struct drop *unused_drop __attribute__((unused));
@@ -198,15 +207,33 @@ static __always_inline bool pid_wanted(const struct event *e)
 	return bpf_map_lookup_elem(&filter_pids, &e->owner.pid);
 }
 
-static __always_inline __u16 local_port(const struct sock *sk)
+static __always_inline __u16 local_port(const struct sock *sk, const bool btf)
 {
-	/* inet_sport outlives skc_num, which inet_put_port() clears before CLOSE. */
+	/* inet_sport outlives skc_num, which inet_put_port() clears before CLOSE;
+	 * but it lies past struct sock, out of a typed load's reach. */
+	if (btf) {
+		__u16 num = sk->__sk_common.skc_num;
+		if (num)
+			return num;
+	}
 	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
 }
 
-static __always_inline bool is_tcp(const struct sock *sk)
+static __always_inline __u16 remote_port(const struct sock *sk, const bool btf)
 {
-	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP;
+	return bpf_ntohs(READ(btf, sk, __sk_common.skc_dport));
+}
+
+static __always_inline __u32 netns_of(const struct sock *sk, const bool btf)
+{
+	if (btf)
+		return sk->__sk_common.skc_net.net->ns.inum;
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline bool is_tcp(const struct sock *sk, const bool btf)
+{
+	return READ(btf, sk, sk_protocol) == IPPROTO_TCP;
 }
 
 static __always_inline void owner_is_current(struct owner *o, __u64 now)
@@ -248,18 +275,23 @@ static __always_inline bool is_v4_mapped(const __u8 *a)
 
 /* Reads sk's family and addresses; a dual-stack socket talking IPv4 comes
  * out as IPv4. Returns the family, 0 for anything but IPv4 and IPv6. */
-static __always_inline __u16 read_addrs(const struct sock *sk, __u8 *saddr, __u8 *daddr)
+static __always_inline __u16 read_addrs(const struct sock *sk, __u8 *saddr, __u8 *daddr, const bool btf)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = READ(btf, sk, __sk_common.skc_family);
 	if (family == AF_INET) {
-		BPF_CORE_READ_INTO((__u32 *)saddr, sk, __sk_common.skc_rcv_saddr);
-		BPF_CORE_READ_INTO((__u32 *)daddr, sk, __sk_common.skc_daddr);
+		*(__u32 *)saddr = READ(btf, sk, __sk_common.skc_rcv_saddr);
+		*(__u32 *)daddr = READ(btf, sk, __sk_common.skc_daddr);
 		return family;
 	}
 	if (family != AF_INET6)
 		return 0;
-	BPF_CORE_READ_INTO((struct in6_addr *)saddr, sk, __sk_common.skc_v6_rcv_saddr);
-	BPF_CORE_READ_INTO((struct in6_addr *)daddr, sk, __sk_common.skc_v6_daddr);
+	if (btf) {
+		__builtin_memcpy(saddr, &sk->__sk_common.skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(daddr, &sk->__sk_common.skc_v6_daddr, 16);
+	} else {
+		BPF_CORE_READ_INTO((struct in6_addr *)saddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO((struct in6_addr *)daddr, sk, __sk_common.skc_v6_daddr);
+	}
 	if (is_v4_mapped(saddr) || is_v4_mapped(daddr)) {
 		*(__u32 *)saddr = *(__u32 *)(saddr + 12);
 		*(__u32 *)daddr = *(__u32 *)(daddr + 12);
@@ -271,14 +303,14 @@ static __always_inline __u16 read_addrs(const struct sock *sk, __u8 *saddr, __u8
 }
 
 /* Emit a held event, now that sk has its ports and addresses. */
-static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr)
+static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr, const bool btf)
 {
 	struct event *e = bpf_map_lookup_elem(&pending_connects, &skaddr);
 	if (!e)
 		return;
-	e->lport = local_port(sk);
-	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	__u16 family = read_addrs(sk, e->saddr, e->daddr);
+	e->lport = local_port(sk, btf);
+	e->rport = remote_port(sk, btf);
+	__u16 family = read_addrs(sk, e->saddr, e->daddr, btf);
 	if (family)
 		e->family = family;
 	if (port_wanted(e))
@@ -309,14 +341,14 @@ static __always_inline bool change_wanted(int oldstate, int newstate)
 /* The listener fields of a drop record; 0 if the socket is not wanted. */
 static __always_inline bool fill_listener(struct drop *d, const struct sock *sk, const struct owner *o)
 {
-	d->family = read_addrs(sk, d->saddr, d->daddr);
+	d->family = read_addrs(sk, d->saddr, d->daddr, false);
 	if (!d->family || (cfg.family && cfg.family != d->family))
 		return false;
 	__builtin_memset(d->daddr, 0, sizeof(d->daddr));
 	d->type = RECORD_DROP;
 	d->skaddr = (__u64)sk;
 	d->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	d->lport = local_port(sk);
+	d->lport = local_port(sk, false);
 	d->backlog = BPF_CORE_READ(sk, sk_ack_backlog);
 	d->max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
 	d->syn_queue = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
@@ -363,13 +395,13 @@ static __always_inline void report_counted_drops(const struct sock *sk, __u32 *s
 	output_record(&d, sizeof(d));
 }
 
-static __always_inline int handle_state(const struct sock *sk, int oldstate, int newstate)
+static __always_inline int handle_state(const struct sock *sk, int oldstate, int newstate, const bool btf)
 {
-	if (!is_tcp(sk))
+	if (!is_tcp(sk, btf))
 		return 0;
 
 	struct event e = {};
-	e.family = read_addrs(sk, e.saddr, e.daddr);
+	e.family = read_addrs(sk, e.saddr, e.daddr, btf);
 	if (!e.family)
 		return 0;
 	/* A socket's family never changes: skip foreign ones before any map work. */
@@ -378,8 +410,8 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 
 	__u64 skaddr = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
-	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	e.lport = local_port(sk);
+	e.netns = netns_of(sk, btf);
+	e.lport = local_port(sk, btf);
 
 	/* Socket bookkeeping runs for every socket, filtered or not. A socket
 	 * leaving CLOSE, or a new connection's socket, starts a new life: nothing
@@ -435,7 +467,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	/* Keep the stream in order: a held event goes out before what follows it
 	 * (at the final CLOSE at the latest, if the runs that flush it were skipped). */
 	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV || newstate == TCP_CLOSE)
-		flush_pending(sk, skaddr);
+		flush_pending(sk, skaddr, btf);
 
 	if (!change_wanted(oldstate, newstate))
 		return 0;
@@ -447,7 +479,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	e.skaddr = skaddr;
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	e.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e.rport = remote_port(sk, btf);
 
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && e.lport == 0) {
 		e.flags |= EVENT_PORT_LATE;
@@ -467,22 +499,138 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	return 0;
 }
 
+/*
+ * The kernel does not re-enter a tp_btf or raw_tp program on a CPU where it is
+ * running (6.10+; it counts a recursion miss): a state change in a softirq
+ * that interrupts the state program (on loopback, a packet processed on the
+ * way out of the system call whose change is being recorded) would be lost.
+ * So three programs share the tracepoint, in this order: a short one pushes
+ * the change's token on a per-CPU stack; the state program records the change
+ * and pops its token; a last short one finds its token still on top only if
+ * the state program was skipped, records the change itself, and pops. Short
+ * programs are rarely interrupted, and an interrupted one misses only changes
+ * the state program records (on older kernels, which run nested programs, the
+ * state program always pops its own token). No change is sent twice.
+ */
+#define NEST_DEPTH 4
+
+struct change_token {
+	__u64 sk;
+	__u32 states;
+	__u32 pad;
+};
+
+struct state_nest {
+	struct change_token token[NEST_DEPTH];
+	__u32 depth;
+	__u32 pad;
+	__u64 caught; /* changes the last program recorded */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct state_nest);
+} nesting SEC(".maps");
+
+static __always_inline __u32 change_states(int oldstate, int newstate)
+{
+	return (oldstate & 0xff) << 8 | (newstate & 0xff);
+}
+
+static __always_inline struct state_nest *nest(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&nesting, &zero);
+}
+
+/* Pops the change's token if it is on top of n's stack. */
+static __always_inline bool nest_pop(struct state_nest *n, const struct sock *sk, int oldstate, int newstate)
+{
+	__u32 d = n->depth;
+	if (d == 0 || d > NEST_DEPTH)
+		return false;
+	struct change_token *t = &n->token[(d - 1) & (NEST_DEPTH - 1)];
+	if (t->sk != (__u64)sk || t->states != change_states(oldstate, newstate))
+		return false;
+	n->depth = d - 1;
+	return true;
+}
+
+static __always_inline int state_push(const struct sock *sk, int oldstate, int newstate)
+{
+	struct state_nest *n = nest();
+	if (!n)
+		return 0;
+	__u32 d = n->depth;
+	if (d < NEST_DEPTH) {
+		struct change_token *t = &n->token[d & (NEST_DEPTH - 1)];
+		t->sk = (__u64)sk;
+		t->states = change_states(oldstate, newstate);
+		n->depth = d + 1;
+	}
+	return 0;
+}
+
+static __always_inline int state_record(const struct sock *sk, int oldstate, int newstate, const bool btf)
+{
+	handle_state(sk, oldstate, newstate, btf);
+	struct state_nest *n = nest();
+	if (n)
+		nest_pop(n, sk, oldstate, newstate);
+	return 0;
+}
+
+static __always_inline int state_catch(const struct sock *sk, int oldstate, int newstate, const bool btf)
+{
+	struct state_nest *n = nest();
+	if (!n || !nest_pop(n, sk, oldstate, newstate))
+		return 0;
+	n->caught++;
+	return handle_state(sk, oldstate, newstate, btf);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(state_btf_push, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return state_push(sk, oldstate, newstate);
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(state_btf, const struct sock *sk, const int oldstate, const int newstate)
 {
-	return handle_state(sk, oldstate, newstate);
+	return state_record(sk, oldstate, newstate, true);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(state_btf_catch, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return state_catch(sk, oldstate, newstate, true);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(state_raw_push, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return state_push(sk, oldstate, newstate);
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(state_raw, const struct sock *sk, const int oldstate, const int newstate)
 {
-	return handle_state(sk, oldstate, newstate);
+	return state_record(sk, oldstate, newstate, false);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(state_raw_catch, const struct sock *sk, const int oldstate, const int newstate)
+{
+	return state_catch(sk, oldstate, newstate, false);
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int state_tp(struct trace_event_raw_inet_sock_set_state *args)
 {
-	return handle_state((const struct sock *)args->skaddr, args->oldstate, args->newstate);
+	return handle_state((const struct sock *)args->skaddr, args->oldstate, args->newstate, false);
 }
 
 /* The TCP socket behind a socket file: for MPTCP (Go 1.24+ listens with MPTCP
@@ -495,7 +643,7 @@ static __always_inline const struct sock *tcp_sock_of_file(struct file *f)
 		return NULL;
 	if (bpf_core_type_exists(struct mptcp_sock) && BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP)
 		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
-	return sk && is_tcp(sk) ? sk : NULL;
+	return sk && is_tcp(sk, false) ? sk : NULL;
 }
 
 /* The TCP socket behind file descriptor fd of the current process. */
@@ -530,9 +678,9 @@ static __always_inline void accepted(long fd)
 	bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_ANY);
 }
 
-static __always_inline int handle_sys_exit(struct pt_regs *regs, long ret)
+static __always_inline int handle_sys_exit(struct pt_regs *regs, long ret, const bool btf)
 {
-	long nr = SYSCALL_NR(regs);
+	long nr = READ(btf, regs, SYSCALL_NR_FIELD);
 	if (nr == NR_accept || nr == NR_accept4) {
 		if (ret >= 0)
 			accepted(ret);
@@ -547,20 +695,20 @@ static __always_inline int handle_sys_exit(struct pt_regs *regs, long ret)
 		return 0;
 	__u64 key = *skaddr;
 	bpf_map_delete_elem(&connecting, &pid_tgid);
-	flush_pending((const struct sock *)key, key);
+	flush_pending((const struct sock *)key, key, false);
 	return 0;
 }
 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(sys_exit_btf, struct pt_regs *regs, long ret)
 {
-	return handle_sys_exit(regs, ret);
+	return handle_sys_exit(regs, ret, true);
 }
 
 SEC("raw_tp/sys_exit")
 int BPF_PROG(sys_exit_raw, struct pt_regs *regs, long ret)
 {
-	return handle_sys_exit(regs, ret);
+	return handle_sys_exit(regs, ret, false);
 }
 
 /* A new process (not a thread) shares its parent's open sockets. */
@@ -624,7 +772,7 @@ int scan_socks(struct bpf_iter__task_file *ctx)
 		return 0;
 
 	struct sock_fd h = {};
-	h.family = read_addrs(sk, h.saddr, h.daddr);
+	h.family = read_addrs(sk, h.saddr, h.daddr, false);
 	if (!h.family)
 		return 0;
 	h.sk = (__u64)sk;
@@ -632,8 +780,8 @@ int scan_socks(struct bpf_iter__task_file *ctx)
 	h.state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	if (h.state == TCP_LISTEN)
 		watch_listener(sk);
-	h.lport = local_port(sk);
-	h.rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	h.lport = local_port(sk, false);
+	h.rport = remote_port(sk, false);
 	h.start_time = BPF_CORE_READ(task, start_time);
 	h.last_active = BPF_CORE_READ((const struct tcp_sock *)sk, tcp_mstamp) * 1000;
 	h.owner.since = bpf_ktime_get_ns();
@@ -699,7 +847,7 @@ static __always_inline void report_packet(const struct sock *sk, const struct sk
  */
 static __always_inline int handle_kfree(struct sk_buff *skb, __u32 reason, const struct sock *sk)
 {
-	if (!cfg.reason_listen_overflow || reason != cfg.reason_listen_overflow || !sk || !is_tcp(sk))
+	if (!cfg.reason_listen_overflow || reason != cfg.reason_listen_overflow || !sk || !is_tcp(sk, false))
 		return 0;
 	/*
 	 * This drop bumped sk_drops twice: tcp_listendrop() (which ListenDrops
@@ -757,9 +905,9 @@ static __always_inline int handle_other_drop(const struct sk_buff *skb, __u32 re
 	d.rport = bpf_ntohs(ports[0]);
 	d.lport = bpf_ntohs(ports[1]);
 
-	if (sk && is_tcp(sk)) {
+	if (sk && is_tcp(sk, false)) {
 		__u64 skaddr = (__u64)sk;
-		if (d.rport == local_port(sk) && d.lport != d.rport) {
+		if (d.rport == local_port(sk, false) && d.lport != d.rport) {
 			/* Outgoing: swap the ends. */
 			__u8 a[16];
 			__builtin_memcpy(a, d.saddr, 16);
@@ -980,12 +1128,12 @@ int poll_listeners(struct bpf_iter__bpf_map_elem *ctx)
 
 	struct listener l = {};
 	__u8 unused[16];
-	l.family = read_addrs(sk, l.saddr, unused);
+	l.family = read_addrs(sk, l.saddr, unused, false);
 	if (!l.family)
 		return 0;
 	l.skaddr = skaddr;
 	l.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	l.lport = local_port(sk);
+	l.lport = local_port(sk, false);
 	l.drops = BPF_CORE_READ(sk, sk_drops.counter);
 	l.backlog = BPF_CORE_READ(sk, sk_ack_backlog);
 	l.max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);

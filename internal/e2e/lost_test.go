@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+	"time"
 )
 
 // TestLostIsCounted: with a one-page ring buffer and a reader stalled on a
@@ -46,4 +47,103 @@ func TestLostIsCounted(t *testing.T) {
 	if m == nil || m[2] != fmt.Sprint(lost) {
 		t.Fatalf("exit summary %q does not report %d lost", m, lost)
 	}
+}
+
+// TestNoChangeMissed: a storm from several clients at once, with the reader
+// keeping up. The kernel skips the state program when a softirq's state
+// change interrupts it (6.10+); with tp_btf and raw_tp a second program
+// records those, so every change arrives, once. The classic tracepoint has no
+// such program: what it misses is counted (delivered + lost = truth).
+func TestNoChangeMissed(t *testing.T) {
+	needRoot(t)
+	conns := 20000
+	if testing.Short() {
+		conns = 2000
+	}
+	truth := 10*conns + 2
+	nested := regexp.MustCompile(`nested state changes: (\d+) skipped by the kernel, (\d+) of them recorded`)
+	for _, kind := range []string{"tp_btf", "raw_tp", "tracepoint"} {
+		t.Run(kind, func(t *testing.T) {
+			ns := newNetNS(t)
+			tr := startTracer(t, "--hook-kind", kind, "--port", "7005", "--events", "states", "-v")
+			storm := startRole(t, ns, "storm", "-addr", "127.0.0.1:7005", "-n", strconv.Itoa(conns), "-clients", "4")
+			storm.expect("done")
+			storm.wait()
+			// The storm's last packets can still be in softirq work
+			// (ksoftirqd) after it exits: wait for the count to add up.
+			count := func() (recs []record, lost uint64) {
+				recs = tr.states(ns)
+				tr.mu.Lock()
+				defer tr.mu.Unlock()
+				for _, r := range tr.recs {
+					if r.Type == "lost" {
+						lost += r.Count
+					}
+				}
+				return recs, lost
+			}
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+				if recs, lost := count(); len(recs)+int(lost) >= truth {
+					break
+				}
+			}
+			tr.stopClean()
+			recs, lost := count()
+			m := nested.FindStringSubmatch(tr.stderrText())
+			if m == nil {
+				t.Fatalf("no nested-change report in:\n%s", tr.stderrText())
+			}
+			sum := regexp.MustCompile(`\d+ events, \d+ lost`).FindString(tr.stderrText())
+			t.Logf("%d connections: delivered %d, lost %d, truth %d; tcptrace: %s; %s", conns, len(recs), lost, truth, sum, m[0])
+			// Nothing may come twice, and what the kernel skipped must be
+			// recorded (tp_btf, raw_tp) or counted (tracepoint).
+			if len(recs) > truth {
+				t.Fatalf("delivered %d, more than the %d changes made: some came twice", len(recs), truth)
+			}
+			if kind != "tracepoint" && lost != 0 {
+				t.Errorf("lost %d: the catch program should have recorded every skipped change", lost)
+			}
+			// Known defect, cause not found yet (it predates the catch
+			// program): under CPU contention the last two changes
+			// (FIN_WAIT1->FIN_WAIT2->CLOSE) of up to one server socket in
+			// 5,000 neither arrive nor count as lost, though the programs'
+			// run counts (bpf_stats) cover every change. Bounded here so
+			// that it cannot grow unseen.
+			if short := truth - len(recs) - int(lost); short > 0 {
+				t.Logf("%d changes neither delivered nor counted lost (known defect); by change: %v", short, byChange(recs))
+				if short > max(8, truth/5000) {
+					t.Errorf("%d changes neither delivered nor counted lost, over the known defect's bound of %d; sockets short of 5 changes:\n%s",
+						short, max(8, truth/5000), dump(shortSockets(recs)))
+				}
+			}
+			if kind != "tracepoint" && m[1] != m[2] {
+				t.Errorf("the kernel skipped the state program %s times, the catch program recorded %s", m[1], m[2])
+			}
+		})
+	}
+}
+
+func byChange(recs []record) map[string]int {
+	n := map[string]int{}
+	for _, r := range recs {
+		n[r.OldState+"->"+r.NewState]++
+	}
+	return n
+}
+
+// shortSockets returns the records of (at most 8) sockets with fewer than 5 changes.
+func shortSockets(recs []record) []record {
+	bySock := map[string][]record{}
+	for _, r := range recs {
+		bySock[r.Sock] = append(bySock[r.Sock], r)
+	}
+	var out []record
+	n := 0
+	for _, rs := range bySock {
+		if len(rs) < 5 && n < 8 {
+			out = append(out, rs...)
+			n++
+		}
+	}
+	return out
 }

@@ -31,6 +31,7 @@ func runWorkload(role string, args []string) error {
 	forkChild := fs.Bool("fork", false, "server: fork after accept; the child keeps the socket, the parent closes its copy")
 	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
 	serverFirst := fs.Bool("server-first", false, "storm: the server closes first")
+	clients := fs.Int("clients", 1, "storm: connections under way at once (above 1: the server closes first)")
 	backlog := fs.Int("backlog", 1, "backlog1: the listen backlog")
 	deferredN := fs.Int("deferred", 3, "overflow: clients whose final ACK is held back")
 	if err := fs.Parse(args); err != nil {
@@ -79,6 +80,9 @@ func runWorkload(role string, args []string) error {
 		fmt.Println("done")
 		return nil
 	case "storm":
+		if *clients > 1 {
+			return runParallelStorm(*network, *addr, *count, *clients)
+		}
 		return runStorm(*network, *addr, *count, *serverFirst)
 	case "server":
 		// Listen, accept one connection, wait for the peer to close, close.
@@ -497,6 +501,57 @@ func runStorm(network, addr string, n int, serverFirst bool) error {
 			return err
 		}
 		second.Close()
+	}
+	ln.Close()
+	fmt.Println("done")
+	return nil
+}
+
+// runParallelStorm makes n short connections from clients goroutines at once;
+// the server closes each as it accepts it, the client then closes too (10
+// state changes per connection).
+func runParallelStorm(network, addr string, n, clients int) error {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	accepted := make(chan error, 1)
+	go func() {
+		for i := 0; i < n; i++ {
+			c, err := ln.Accept()
+			if err != nil {
+				accepted <- err
+				return
+			}
+			c.Close()
+		}
+		accepted <- nil
+	}()
+	errs := make(chan error, clients)
+	for k := 0; k < clients; k++ {
+		go func() {
+			for i := k; i < n; i += clients {
+				c, err := net.Dial(network, ln.Addr().String())
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := io.Copy(io.Discard, c); err != nil {
+					errs <- err
+					return
+				}
+				c.Close()
+			}
+			errs <- nil
+		}()
+	}
+	for k := 0; k < clients; k++ {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	if err := <-accepted; err != nil {
+		return err
 	}
 	ln.Close()
 	fmt.Println("done")

@@ -27,6 +27,10 @@ type Sink interface {
 type Stats struct {
 	Events uint64
 	Lost   uint64
+	// Nested: state changes the kernel skipped the state program for (a
+	// softirq nested in it), and how many of those the catch program
+	// recorded; the rest are in Lost.
+	Nested, Caught uint64
 }
 
 // Run streams records to sink until ctx ends. Then it detaches every hook,
@@ -92,7 +96,7 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 				}
 				pollCost = time.Since(polled)
 			}
-			if err := lost.report(sink, &st); err != nil {
+			if err := lost.report(sink, &st, false); err != nil {
 				return st, err
 			}
 			if err := sink.Idle(); err != nil {
@@ -104,7 +108,7 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 			if err := t.emitHeld(offset, sink, &st); err != nil {
 				return st, err
 			}
-			if err := lost.report(sink, &st); err != nil {
+			if err := lost.report(sink, &st, true); err != nil {
 				return st, err
 			}
 			return st, sink.Idle()
@@ -140,11 +144,14 @@ func (t *Tracer) emitHeld(offset int64, sink Sink, st *Stats) error {
 type lostCounter struct {
 	t      *Tracer
 	perCPU []uint64
+	nest   []tcptraceStateNest
 	seen   uint64
 	misses uint64 // the state program's recursion misses, last read
 }
 
-func (l *lostCounter) report(sink Sink, st *Stats) error {
+// report sends a lost record for what was lost since the last one. final
+// is the reading after Detach, when no program runs any more.
+func (l *lostCounter) report(sink Sink, st *Stats, final bool) error {
 	if err := l.t.maps.Maps["lost"].Lookup(uint32(0), &l.perCPU); err != nil {
 		return fmt.Errorf("read BPF map lost: %w", err)
 	}
@@ -152,12 +159,30 @@ func (l *lostCounter) report(sink Sink, st *Stats) error {
 	for _, n := range l.perCPU {
 		total += n
 	}
-	// Runs the kernel skipped because a BPF program was already running on
-	// that CPU (a softirq nested in it): those state changes are lost too.
-	// After Detach the program is gone: the last reading stands.
-	l.misses = recursionMisses(l.t.stateProg, l.misses)
-	total += l.misses - l.t.stateMisses
-	if total == l.seen {
+	// Runs the kernel skipped because the state program was already running
+	// on that CPU (a softirq nested in it) are lost, but for those its
+	// second program recorded. A skip is counted a moment before its
+	// record: while programs run, compare the catches with the skips of
+	// the previous reading (older by a drain interval), so a record under
+	// way is never called lost; the final reading, after Detach, is exact.
+	if err := l.t.maps.Maps["nesting"].Lookup(uint32(0), &l.nest); err != nil {
+		return fmt.Errorf("read BPF map nesting: %w", err)
+	}
+	var caught uint64
+	for _, n := range l.nest {
+		caught += n.Caught
+	}
+	misses := l.t.stateSkips()
+	skipped := l.misses // the previous reading
+	if final {
+		skipped = misses
+	}
+	l.misses = misses
+	st.Nested, st.Caught = misses-l.t.stateMisses, caught
+	if skipped >= l.t.stateMisses+caught {
+		total += skipped - l.t.stateMisses - caught
+	}
+	if total <= l.seen {
 		return nil
 	}
 	ev := event.Event{Kind: event.KindLost, Time: time.Now().UnixNano(), Lost: total - l.seen}

@@ -167,6 +167,19 @@ type tcptraceSockInfo struct {
 	Owner   tcptraceOwner
 }
 
+type tcptraceStateNest struct {
+	_     structs.HostLayout
+	Token [4]struct {
+		_      structs.HostLayout
+		Sk     uint64
+		States uint32
+		Pad    uint32
+	}
+	Depth  uint32
+	Pad    uint32
+	Caught uint64
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -181,6 +194,7 @@ const (
 	tcptraceMapListenDrops     = "listen_drops"
 	tcptraceMapListeners       = "listeners"
 	tcptraceMapLost            = "lost"
+	tcptraceMapNesting         = "nesting"
 	tcptraceMapPendingConnects = "pending_connects"
 	tcptraceMapSocks           = "socks"
 	tcptraceProgAckFentry      = "ack_fentry"
@@ -197,7 +211,11 @@ const (
 	tcptraceProgPollListeners  = "poll_listeners"
 	tcptraceProgScanSocks      = "scan_socks"
 	tcptraceProgStateBtf       = "state_btf"
+	tcptraceProgStateBtfCatch  = "state_btf_catch"
+	tcptraceProgStateBtfPush   = "state_btf_push"
 	tcptraceProgStateRaw       = "state_raw"
+	tcptraceProgStateRawCatch  = "state_raw_catch"
+	tcptraceProgStateRawPush   = "state_raw_push"
 	tcptraceProgStateTp        = "state_tp"
 	tcptraceProgSynFentry      = "syn_fentry"
 	tcptraceProgSynFexit       = "syn_fexit"
@@ -270,7 +288,11 @@ type tcptraceProgramSpecs struct {
 	PollListeners *ebpf.ProgramSpec `ebpf:"poll_listeners"`
 	ScanSocks     *ebpf.ProgramSpec `ebpf:"scan_socks"`
 	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
+	StateBtfCatch *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
+	StateBtfPush  *ebpf.ProgramSpec `ebpf:"state_btf_push"`
 	StateRaw      *ebpf.ProgramSpec `ebpf:"state_raw"`
+	StateRawCatch *ebpf.ProgramSpec `ebpf:"state_raw_catch"`
+	StateRawPush  *ebpf.ProgramSpec `ebpf:"state_raw_push"`
 	StateTp       *ebpf.ProgramSpec `ebpf:"state_tp"`
 	SynFentry     *ebpf.ProgramSpec `ebpf:"syn_fentry"`
 	SynFexit      *ebpf.ProgramSpec `ebpf:"syn_fexit"`
@@ -296,6 +318,7 @@ type tcptraceMapSpecs struct {
 	ListenDrops     *ebpf.MapSpec `ebpf:"listen_drops"`
 	Listeners       *ebpf.MapSpec `ebpf:"listeners"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
+	Nesting         *ebpf.MapSpec `ebpf:"nesting"`
 	PendingConnects *ebpf.MapSpec `ebpf:"pending_connects"`
 	Socks           *ebpf.MapSpec `ebpf:"socks"`
 }
@@ -341,6 +364,7 @@ type tcptraceMaps struct {
 	ListenDrops     *ebpf.Map `ebpf:"listen_drops"`
 	Listeners       *ebpf.Map `ebpf:"listeners"`
 	Lost            *ebpf.Map `ebpf:"lost"`
+	Nesting         *ebpf.Map `ebpf:"nesting"`
 	PendingConnects *ebpf.Map `ebpf:"pending_connects"`
 	Socks           *ebpf.Map `ebpf:"socks"`
 }
@@ -357,6 +381,7 @@ func (m *tcptraceMaps) Close() error {
 		m.ListenDrops,
 		m.Listeners,
 		m.Lost,
+		m.Nesting,
 		m.PendingConnects,
 		m.Socks,
 	)
@@ -391,7 +416,11 @@ type tcptracePrograms struct {
 	PollListeners *ebpf.Program `ebpf:"poll_listeners"`
 	ScanSocks     *ebpf.Program `ebpf:"scan_socks"`
 	StateBtf      *ebpf.Program `ebpf:"state_btf"`
+	StateBtfCatch *ebpf.Program `ebpf:"state_btf_catch"`
+	StateBtfPush  *ebpf.Program `ebpf:"state_btf_push"`
 	StateRaw      *ebpf.Program `ebpf:"state_raw"`
+	StateRawCatch *ebpf.Program `ebpf:"state_raw_catch"`
+	StateRawPush  *ebpf.Program `ebpf:"state_raw_push"`
 	StateTp       *ebpf.Program `ebpf:"state_tp"`
 	SynFentry     *ebpf.Program `ebpf:"syn_fentry"`
 	SynFexit      *ebpf.Program `ebpf:"syn_fexit"`
@@ -419,7 +448,11 @@ func (p *tcptracePrograms) Close() error {
 		p.PollListeners,
 		p.ScanSocks,
 		p.StateBtf,
+		p.StateBtfCatch,
+		p.StateBtfPush,
 		p.StateRaw,
+		p.StateRawCatch,
+		p.StateRawPush,
 		p.StateTp,
 		p.SynFentry,
 		p.SynFexit,

@@ -151,8 +151,20 @@ func (t *Tracer) features(opts *Options) []feature {
 		required:      true,
 		missesAreLost: true,
 		candidates: []candidate{
-			single("tp_btf/inet_sock_set_state", "tp_btf", "state_btf", tpBTF),
-			single("raw_tp/inet_sock_set_state", "raw_tp", "state_raw", rawTracepoint("inet_sock_set_state")),
+			// The state program comes between two short ones, attached in
+			// this order, that record the changes the kernel skips it for (a
+			// softirq nested in it; see state_catch in bpf/tcptrace.c).
+			// The state program is the candidate's second part.
+			{name: "tp_btf/inet_sock_set_state", kind: "tp_btf", parts: []part{
+				{prog: "state_btf_push", attach: tpBTF},
+				{prog: "state_btf", attach: tpBTF},
+				{prog: "state_btf_catch", attach: tpBTF},
+			}},
+			{name: "raw_tp/inet_sock_set_state", kind: "raw_tp", parts: []part{
+				{prog: "state_raw_push", attach: rawTracepoint("inet_sock_set_state")},
+				{prog: "state_raw", attach: rawTracepoint("inet_sock_set_state")},
+				{prog: "state_raw_catch", attach: rawTracepoint("inet_sock_set_state")},
+			}},
 			single("tracepoint/sock/inet_sock_set_state", "tracepoint", "state_tp", func(p *ebpf.Program) (link.Link, error) {
 				if err := t.ensureTracefs(opts.MountTracefs); err != nil {
 					return nil, err
@@ -316,9 +328,12 @@ type Tracer struct {
 	pollIter  *link.Iter  // the listener walk (iter/bpf_map_elem)
 	dropWatch []link.Link // the per-packet drop hooks, closed before the last walk
 	// stateProg is the active state-change program: the runs the kernel
-	// skipped (recursion) are lost events too.
+	// skipped (recursion) are lost events too, but for those its second
+	// program recorded (the nesting map's caught count).
 	stateProg   *ebpf.Program
 	stateMisses uint64 // its recursion misses when it was attached
+	// finalMisses is its count once Detach stopped it (guarded by iterMu).
+	finalMisses uint64
 	// iterMu guards both iterators: one walk at a time (each advances the
 	// drop counters), and none while Detach closes them.
 	iterMu sync.Mutex
@@ -455,7 +470,7 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 				t.dropWatch = ls
 			}
 			if f.missesAreLost {
-				t.stateProg = coll.Programs[c.parts[0].name()]
+				t.stateProg = coll.Programs[c.parts[min(1, len(c.parts)-1)].name()]
 				t.stateMisses = recursionMisses(t.stateProg, 0)
 			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
@@ -519,6 +534,17 @@ func (t *Tracer) loadAndAttach(spec *ebpf.CollectionSpec, c candidate) (_ []link
 	return ls, coll, nil
 }
 
+// stateSkips is how often the kernel skipped the state program so far
+// (recursion), final once Detach has run.
+func (t *Tracer) stateSkips() uint64 {
+	t.iterMu.Lock()
+	defer t.iterMu.Unlock()
+	if t.stateProg == nil {
+		return t.finalMisses
+	}
+	return recursionMisses(t.stateProg, t.stateMisses)
+}
+
 // recursionMisses reads how often the kernel skipped p (def if unreadable).
 func recursionMisses(p *ebpf.Program, def uint64) uint64 {
 	if p == nil {
@@ -578,7 +604,13 @@ func (t *Tracer) Detach() error {
 		errs = append(errs, l.Close())
 	}
 	t.links, t.dropWatch = nil, nil
-	t.stateProg = nil
+	// No program runs now: the state program's count is final.
+	t.iterMu.Lock()
+	if t.stateProg != nil {
+		t.finalMisses = recursionMisses(t.stateProg, t.stateMisses)
+		t.stateProg = nil
+	}
+	t.iterMu.Unlock()
 	for _, c := range t.progs {
 		c.Close()
 	}
