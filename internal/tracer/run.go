@@ -160,8 +160,8 @@ func (l *lostCounter) report(sink Sink, st *Stats, final bool) error {
 		total += n
 	}
 	// Runs the kernel skipped because the state program was already running
-	// on that CPU (a softirq nested in it) are lost, but for those its
-	// second program recorded. A skip is counted a moment before its
+	// on that CPU (a softirq nested in it) are lost, but for those the
+	// catch program recorded. A skip is counted a moment before its
 	// record: while programs run, compare the catches with the skips of
 	// the previous reading (older by a drain interval), so a record under
 	// way is never called lost; the final reading, after Detach, is exact.

@@ -328,7 +328,7 @@ type Tracer struct {
 	pollIter  *link.Iter  // the listener walk (iter/bpf_map_elem)
 	dropWatch []link.Link // the per-packet drop hooks, closed before the last walk
 	// stateProg is the active state-change program: the runs the kernel
-	// skipped (recursion) are lost events too, but for those its second
+	// skipped (recursion) are lost events too, but for those the catch
 	// program recorded (the nesting map's caught count).
 	stateProg   *ebpf.Program
 	stateMisses uint64 // its recursion misses when it was attached
