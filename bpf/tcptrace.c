@@ -90,20 +90,24 @@ struct {
 	__type(value, struct owner);
 } listeners SEC(".maps");
 
-/* When each process last forked a new process, and when it exited. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 32768);
-	__type(key, __u32);
-	__type(value, __u64);
-} forks SEC(".maps");
+/* When each process last forked a new process, and when it exited: one map,
+ * so a state change pays one lookup for both. */
+struct fate {
+	__u64 forked;
+	__u64 exited;
+};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 32768);
 	__type(key, __u32);
-	__type(value, __u64);
-} exits SEC(".maps");
+	__type(value, struct fate);
+} fates SEC(".maps");
+
+/* The latest fork or exit noted in fates: an owner recorded after it cannot
+ * have forked or exited since, and needs no lookup (a hash lookup was a
+ * sixth of a state change's cost). */
+volatile __u64 last_fate_ns;
 
 /*
  * Per listener: how much of its sk_drops counter has been reported. Drops are
@@ -154,12 +158,32 @@ struct {
 	__type(value, struct event);
 } pending_connects SEC(".maps");
 
+/*
+ * The connect() on each CPU whose SYN_SENT event waits for its port, for its
+ * system call exit to send: a per-CPU slot, not a hash (three hash operations
+ * per connect cost more than the rest of its exit). A non-blocking connect()
+ * returns on the CPU it started on; a blocking one has its event sent by the
+ * handshake's own change first. Should a slot be overwritten (a preempted
+ * connect()) or left behind (a migration), the event waits for the socket's
+ * next change, as it does where no system call exit can be hooked.
+ */
+struct connect_slot {
+	__u64 pid_tgid; /* the connecting thread */
+	__u64 skaddr;   /* 0: nothing waits */
+};
+
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); /* pid_tgid of the connecting thread */
-	__type(value, __u64); /* skaddr */
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct connect_slot);
 } connecting SEC(".maps");
+
+static __always_inline struct connect_slot *connect_slot(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&connecting, &zero);
+}
 
 static __always_inline void count_lost(void)
 {
@@ -256,12 +280,15 @@ static __always_inline __u32 owner_flags(const struct owner *o)
 {
 	if (!o->pid)
 		return EVENT_OWNER_UNKNOWN;
+	if (last_fate_ns <= o->since)
+		return 0;
 	__u32 pid = o->pid, flags = 0;
-	__u64 *t = bpf_map_lookup_elem(&exits, &pid);
-	if (t && *t > o->since)
+	struct fate *f = bpf_map_lookup_elem(&fates, &pid);
+	if (!f)
+		return 0;
+	if (f->exited > o->since)
 		flags |= EVENT_OWNER_EXITED;
-	t = bpf_map_lookup_elem(&forks, &pid);
-	if (t && *t > o->since)
+	if (f->forked > o->since)
 		flags |= EVENT_OWNER_UNVERIFIED;
 	return flags;
 }
@@ -316,6 +343,10 @@ static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr, c
 	if (port_wanted(e))
 		output(e);
 	bpf_map_delete_elem(&pending_connects, &skaddr);
+	/* Sent: the connect()'s exit has nothing left to look for. */
+	struct connect_slot *c = connect_slot();
+	if (c && c->skaddr == skaddr)
+		c->skaddr = 0;
 }
 
 /* An event still held for an earlier socket at this address (the runs that
@@ -484,8 +515,11 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && e.lport == 0) {
 		e.flags |= EVENT_PORT_LATE;
 		if (!bpf_map_update_elem(&pending_connects, &skaddr, &e, BPF_ANY)) {
-			__u64 pid_tgid = bpf_get_current_pid_tgid();
-			bpf_map_update_elem(&connecting, &pid_tgid, &skaddr, BPF_ANY);
+			struct connect_slot *c = connect_slot();
+			if (c) {
+				c->pid_tgid = bpf_get_current_pid_tgid();
+				c->skaddr = skaddr;
+			}
 			return 0;
 		}
 		/* No room to hold it: send it now, port unknown, rather than lose it. */
@@ -641,9 +675,12 @@ static __always_inline const struct sock *tcp_sock_of_file(struct file *f)
 	const struct sock *sk = sock ? BPF_CORE_READ(sock, sk) : NULL;
 	if (!sk)
 		return NULL;
-	if (bpf_core_type_exists(struct mptcp_sock) && BPF_CORE_READ(sk, sk_protocol) == IPPROTO_MPTCP)
+	__u16 protocol = BPF_CORE_READ(sk, sk_protocol);
+	if (bpf_core_type_exists(struct mptcp_sock) && protocol == IPPROTO_MPTCP) {
 		sk = BPF_CORE_READ((struct mptcp_sock *)sk, first);
-	return sk && is_tcp(sk, false) ? sk : NULL;
+		return sk && is_tcp(sk, false) ? sk : NULL;
+	}
+	return protocol == IPPROTO_TCP ? sk : NULL;
 }
 
 /* The TCP socket behind file descriptor fd of the current process. */
@@ -689,12 +726,11 @@ static __always_inline int handle_sys_exit(struct pt_regs *regs, long ret, const
 	if (nr != NR_connect)
 		return 0;
 	/* connect() has picked the local port by the time it returns. */
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 *skaddr = bpf_map_lookup_elem(&connecting, &pid_tgid);
-	if (!skaddr)
+	struct connect_slot *c = connect_slot();
+	if (!c || !c->skaddr || c->pid_tgid != bpf_get_current_pid_tgid())
 		return 0;
-	__u64 key = *skaddr;
-	bpf_map_delete_elem(&connecting, &pid_tgid);
+	__u64 key = c->skaddr;
+	c->skaddr = 0;
 	flush_pending((const struct sock *)key, key, false);
 	return 0;
 }
@@ -711,14 +747,44 @@ int BPF_PROG(sys_exit_raw, struct pt_regs *regs, long ret)
 	return handle_sys_exit(regs, ret, false);
 }
 
+/* Notes that tgid forked a new process now, or exited. */
+static __always_inline void set_fate(__u32 tgid, bool exited)
+{
+	__u64 now = bpf_ktime_get_ns();
+	/* Before the entry: a reader that sees the entry sees this too. */
+	if (now > last_fate_ns)
+		last_fate_ns = now;
+	struct fate *f = bpf_map_lookup_elem(&fates, &tgid);
+	if (f) {
+		/* Racing writers of one process both store "now": either wins. */
+		if (exited)
+			f->exited = now;
+		else
+			f->forked = now;
+		return;
+	}
+	struct fate fresh = {};
+	if (exited)
+		fresh.exited = now;
+	else
+		fresh.forked = now;
+	/* BPF_NOEXIST: if another CPU just added it, update that one. */
+	if (bpf_map_update_elem(&fates, &tgid, &fresh, BPF_NOEXIST)) {
+		f = bpf_map_lookup_elem(&fates, &tgid);
+		if (f && exited)
+			f->exited = now;
+		else if (f)
+			f->forked = now;
+	}
+}
+
 /* A new process (not a thread) shares its parent's open sockets. */
 static __always_inline int handle_fork(struct task_struct *parent, struct task_struct *child)
 {
 	__u32 ptgid = BPF_CORE_READ(parent, tgid);
 	if (ptgid == (__u32)BPF_CORE_READ(child, tgid))
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&forks, &ptgid, &now, BPF_ANY);
+	set_fate(ptgid, false);
 	return 0;
 }
 
@@ -739,8 +805,7 @@ static __always_inline int handle_exit(struct task_struct *p)
 	__u32 tgid = BPF_CORE_READ(p, tgid);
 	if ((__u32)BPF_CORE_READ(p, pid) != tgid)
 		return 0;
-	__u64 now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&exits, &tgid, &now, BPF_ANY);
+	set_fate(tgid, true);
 	return 0;
 }
 

@@ -61,7 +61,7 @@ func New(w io.Writer, format Format, lineBuffered bool, loc *time.Location) *Wri
 		w:            bufio.NewWriterSize(w, 64<<10),
 		format:       format,
 		lineBuffered: lineBuffered,
-		f:            Formatter{loc: loc},
+		f:            Formatter{loc: loc, owners: new([ownerSlots]ownerJSON)},
 		buf:          make([]byte, 0, 512),
 	}
 }
@@ -99,6 +99,20 @@ type Formatter struct {
 	jsonSec, textSec int64
 	jsonN, textN     int
 	jsonPre, textPre [32]byte
+	owners           *[ownerSlots]ownerJSON // nil: rendered afresh each time
+}
+
+// ownerSlots owners' JSON keys are kept rendered: a stream's records come
+// from few processes, and the owner keys were a third of a record's cost.
+const ownerSlots = 16
+
+// ownerJSON is one owner's rendered keys, from ,"pid" to "owner_exited".
+type ownerJSON struct {
+	pid, uid uint32
+	exited   bool
+	comm     [16]byte
+	cgroup   string
+	json     []byte
 }
 
 // AppendText appends one aligned text line for e, with times in loc.
@@ -203,13 +217,27 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	b = padTo(b, start, 13)
 	if stuck && !e.InStateKnown {
 		b = append(b, ">="...)
-		b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+		b = appendMillis(b, e.InState)
 	} else if e.InStateKnown {
-		b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+		b = appendMillis(b, e.InState)
 	} else {
 		b = append(b, '-')
 	}
 	return append(b, '\n')
+}
+
+// appendMillis appends d in milliseconds with three decimals, rounded to the
+// nearest microsecond (integer arithmetic: a float conversion cost a fifth
+// of a record).
+func appendMillis(b []byte, d time.Duration) []byte {
+	if d < 0 {
+		b = append(b, '-')
+		d = -d
+	}
+	us := (int64(d) + 500) / 1000
+	b = strconv.AppendInt(b, us/1000, 10)
+	b = append(b, '.')
+	return appendDigits(b, us%1000, 3)
 }
 
 // padTo appends spaces until the column that began at start is width wide
@@ -268,7 +296,7 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 	}
 	b = f.appendJSONTime(b, e.Time)
 	b = append(b, '"')
-	b = appendPIDAndOwner(b, e)
+	b = f.appendPIDAndOwner(b, e)
 	b = appendLocal(b, e)
 	b = append(b, `,"raddr":"`...)
 	b = e.RAddr.AppendTo(b)
@@ -291,7 +319,7 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, e.NewState.String()...)
 		b = append(b, `","in_state_ms":`...)
 		if e.InStateKnown {
-			b = strconv.AppendFloat(b, float64(e.InState)/float64(time.Millisecond), 'f', 3, 64)
+			b = appendMillis(b, e.InState)
 		} else {
 			b = append(b, "null"...)
 		}
@@ -374,7 +402,7 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 	}
 	b = append(b, `,"count":`...)
 	b = strconv.AppendUint(b, d.Count, 10)
-	b = appendPIDAndOwner(b, e)
+	b = f.appendPIDAndOwner(b, e)
 	b = appendLocal(b, e)
 	if d.ClientKnown {
 		b = append(b, `,"raddr":"`...)
@@ -428,6 +456,21 @@ func appendSocketTail(b []byte, e *event.Event) []byte {
 	b = append(b, `,"sock":"`...)
 	b = strconv.AppendUint(b, e.Sock, 16)
 	return append(b, "\"}\n"...)
+}
+
+// appendPIDAndOwner appends pid, comm and the owner keys, rendered once per
+// owner while it stays in its cache slot.
+func (f *Formatter) appendPIDAndOwner(b []byte, e *event.Event) []byte {
+	if f.owners == nil || e.PIDs != nil && (len(e.PIDs) != 1 || e.PIDs[0] != e.PID) {
+		return appendPIDAndOwner(b, e) // shared sockets are rare: not cached
+	}
+	o := &f.owners[e.PID%ownerSlots]
+	if o.json == nil || o.pid != e.PID || o.uid != e.UID || o.exited != e.OwnerExited ||
+		o.comm != e.Comm || o.cgroup != e.CgroupPath {
+		o.pid, o.uid, o.exited, o.comm, o.cgroup = e.PID, e.UID, e.OwnerExited, e.Comm, e.CgroupPath
+		o.json = appendPIDAndOwner(o.json[:0], e)
+	}
+	return append(b, o.json...)
 }
 
 // appendPIDAndOwner appends pid, comm and the owner keys.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -316,6 +317,16 @@ func BenchmarkWriterJSON(b *testing.B) {
 	}
 }
 
+func BenchmarkWriterText(b *testing.B) {
+	w := New(io.Discard, Text, false, time.UTC)
+	e := sample()
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		e.Time += 1000
+		w.Write(e)
+	}
+}
+
 // Other TCP drops have no listener: no queue figures; an IPv4 client of a
 // dual-stack listener prints without brackets.
 func TestOtherDropAndMappedClient(t *testing.T) {
@@ -337,5 +348,60 @@ func TestOtherDropAndMappedClient(t *testing.T) {
 	e.Family, e.LAddr = event.IPv6, netip.IPv6Unspecified()
 	if line := string(AppendText(nil, e, time.UTC)); !strings.Contains(line, " [::]:3000 <- 10.0.0.9:51234 ") {
 		t.Fatalf("dual-stack: %q", line)
+	}
+}
+
+// The owner keys are cached per owner: owners sharing a slot, and an owner
+// whose fields change, must still come out as rendered afresh.
+func TestJSONOwnerCache(t *testing.T) {
+	f := Formatter{owners: new([ownerSlots]ownerJSON)}
+	for i := 0; i < 200; i++ {
+		e := sample()
+		e.PID = uint32(1 + (i%3)*ownerSlots) // three owners, one slot
+		e.OwnerExited = i%5 == 0
+		e.UID = uint32(i % 2)
+		if i%7 == 0 {
+			e.CgroupPath = ""
+		}
+		if i%11 == 0 {
+			e.SetComm("other")
+		}
+		if i%13 == 0 {
+			e.PIDs = []uint32{e.PID, 99}
+		}
+		if i%17 == 0 {
+			e.PID, e.PIDs = 0, nil
+		}
+		got, want := string(f.AppendJSON(nil, e)), string(AppendJSON(nil, e))
+		if got != want {
+			t.Fatalf("record %d: cached\n%s\nfresh\n%s", i, got, want)
+		}
+		if i%13 == 0 && !strings.Contains(got, `"pids":[`+fmt.Sprint(e.PID)+`,99]`) && e.PID != 0 {
+			t.Fatalf("record %d: shared socket's holders missing: %s", i, got)
+		}
+	}
+}
+
+func TestAppendMillis(t *testing.T) {
+	for _, c := range []struct {
+		d    time.Duration
+		want string
+	}{
+		{0, "0.000"}, {499, "0.000"}, {500, "0.001"}, {1234567, "1.235"}, {999999500, "1000.000"},
+		{7 * time.Hour, "25200000.000"}, {-1500, "-0.002"},
+	} {
+		if got := string(appendMillis(nil, c.d)); got != c.want {
+			t.Errorf("appendMillis(%d) = %q, want %q", c.d, got, c.want)
+		}
+	}
+	// Agrees with the float rendering it replaced, away from exact halves.
+	for d := time.Duration(1); d < 5*time.Second; d = d*3 + 7 {
+		if d%1000 == 500 {
+			continue
+		}
+		want := strconv.FormatFloat(float64(d)/float64(time.Millisecond), 'f', 3, 64)
+		if got := string(appendMillis(nil, d)); got != want {
+			t.Errorf("appendMillis(%d) = %q, float gives %q", d, got, want)
+		}
 	}
 }

@@ -30,6 +30,12 @@ type tcptraceConfig struct {
 	WatchBusyNs          uint64
 }
 
+type tcptraceConnectSlot struct {
+	_       structs.HostLayout
+	PidTgid uint64
+	Skaddr  uint64
+}
+
 type tcptraceDrop struct {
 	_          structs.HostLayout
 	TsNs       uint64
@@ -99,6 +105,12 @@ const (
 	tcptraceEventFlagEVENT_OWNER_UNVERIFIED tcptraceEventFlag = 8
 	tcptraceEventFlagEVENT_OWNER_EXITED     tcptraceEventFlag = 16
 )
+
+type tcptraceFate struct {
+	_      structs.HostLayout
+	Forked uint64
+	Exited uint64
+}
 
 type tcptraceListenCount struct {
 	_      structs.HostLayout
@@ -187,10 +199,9 @@ const (
 	tcptraceMapConnecting      = "connecting"
 	tcptraceMapDropWatch       = "drop_watch"
 	tcptraceMapEvents          = "events"
-	tcptraceMapExits           = "exits"
+	tcptraceMapFates           = "fates"
 	tcptraceMapFilterPids      = "filter_pids"
 	tcptraceMapFilterPorts     = "filter_ports"
-	tcptraceMapForks           = "forks"
 	tcptraceMapListenDrops     = "listen_drops"
 	tcptraceMapListeners       = "listeners"
 	tcptraceMapLost            = "lost"
@@ -226,6 +237,7 @@ const (
 	tcptraceProgTcpDropFentry  = "tcp_drop_fentry"
 	tcptraceProgTcpDropKprobe  = "tcp_drop_kprobe"
 	tcptraceVarCfg             = "cfg"
+	tcptraceVarLastFateNs      = "last_fate_ns"
 	tcptraceVarUnusedDrop      = "unused_drop"
 	tcptraceVarUnusedDropKind  = "unused_drop_kind"
 	tcptraceVarUnusedListener  = "unused_listener"
@@ -311,10 +323,9 @@ type tcptraceMapSpecs struct {
 	Connecting      *ebpf.MapSpec `ebpf:"connecting"`
 	DropWatch       *ebpf.MapSpec `ebpf:"drop_watch"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
-	Exits           *ebpf.MapSpec `ebpf:"exits"`
+	Fates           *ebpf.MapSpec `ebpf:"fates"`
 	FilterPids      *ebpf.MapSpec `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.MapSpec `ebpf:"filter_ports"`
-	Forks           *ebpf.MapSpec `ebpf:"forks"`
 	ListenDrops     *ebpf.MapSpec `ebpf:"listen_drops"`
 	Listeners       *ebpf.MapSpec `ebpf:"listeners"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
@@ -328,6 +339,7 @@ type tcptraceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
 	Cfg            *ebpf.VariableSpec `ebpf:"cfg"`
+	LastFateNs     *ebpf.VariableSpec `ebpf:"last_fate_ns"`
 	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedDropKind *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
 	UnusedListener *ebpf.VariableSpec `ebpf:"unused_listener"`
@@ -357,10 +369,9 @@ type tcptraceMaps struct {
 	Connecting      *ebpf.Map `ebpf:"connecting"`
 	DropWatch       *ebpf.Map `ebpf:"drop_watch"`
 	Events          *ebpf.Map `ebpf:"events"`
-	Exits           *ebpf.Map `ebpf:"exits"`
+	Fates           *ebpf.Map `ebpf:"fates"`
 	FilterPids      *ebpf.Map `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.Map `ebpf:"filter_ports"`
-	Forks           *ebpf.Map `ebpf:"forks"`
 	ListenDrops     *ebpf.Map `ebpf:"listen_drops"`
 	Listeners       *ebpf.Map `ebpf:"listeners"`
 	Lost            *ebpf.Map `ebpf:"lost"`
@@ -374,10 +385,9 @@ func (m *tcptraceMaps) Close() error {
 		m.Connecting,
 		m.DropWatch,
 		m.Events,
-		m.Exits,
+		m.Fates,
 		m.FilterPids,
 		m.FilterPorts,
-		m.Forks,
 		m.ListenDrops,
 		m.Listeners,
 		m.Lost,
@@ -392,6 +402,7 @@ func (m *tcptraceMaps) Close() error {
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
 	Cfg            *ebpf.Variable `ebpf:"cfg"`
+	LastFateNs     *ebpf.Variable `ebpf:"last_fate_ns"`
 	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedDropKind *ebpf.Variable `ebpf:"unused_drop_kind"`
 	UnusedListener *ebpf.Variable `ebpf:"unused_listener"`

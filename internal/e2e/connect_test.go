@@ -1,0 +1,130 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// TestSynSentPortAtConnect: connect() moves a socket to SYN_SENT before it
+// picks the local port, so the kernel side holds that change until connect()
+// returns. A non-blocking connect() whose SYN is never answered (the
+// listener's accept queue is full) must still arrive at once, with its port,
+// and not only at the socket's next change (its close, here).
+func TestSynSentPortAtConnect(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	tr := startTracer(t)
+	const port = 7313
+	var (
+		fds   []int
+		conns []net.Conn
+		cport int
+	)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+	})
+	err := ns.do(func() error {
+		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return err
+		}
+		f, err := l.(*net.TCPListener).File()
+		l.Close()
+		if err != nil {
+			return err
+		}
+		lfd := int(f.Fd())
+		fds = append(fds, lfd)
+		// Backlog 1: two connections fill the accept queue (never accepted),
+		// the kernel drops a third one's SYN.
+		if err := syscall.Listen(lfd, 1); err != nil {
+			return err
+		}
+		for range 2 {
+			c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		// One CPU for the connect(): its exit must find the held change on
+		// the CPU that made it.
+		var set unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &set); err != nil {
+			return err
+		}
+		cpu := -1
+		for i := 0; i < 1024 && cpu < 0; i++ {
+			if set.IsSet(i) {
+				cpu = i
+			}
+		}
+		var one unix.CPUSet
+		one.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			return err
+		}
+		defer unix.SchedSetaffinity(0, &set)
+		fd, err := deferredConnect(&syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}, false)
+		if err != nil {
+			return err
+		}
+		fds = append(fds, fd)
+		sa, err := syscall.Getsockname(fd)
+		if err != nil {
+			return err
+		}
+		cport = sa.(*syscall.SockaddrInet4).Port
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	deadline := time.Now().Add(waitLong)
+	for {
+		var synSent, closed bool
+		for _, r := range tr.states(ns) {
+			if int(r.LPort) != cport {
+				continue
+			}
+			synSent = synSent || r.OldState == "CLOSE" && r.NewState == "SYN_SENT" && r.RPort == port
+			closed = closed || r.NewState == "CLOSE"
+		}
+		if closed {
+			// Held until the socket's next change: connect()'s exit did not send it.
+			t.Fatalf("CLOSE->SYN_SENT of local port %d came only with its CLOSE (synSent %v):\n%s",
+				cport, synSent, dump(tr.states(ns)))
+		}
+		if synSent {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CLOSE->SYN_SENT with local port %d while the connect is pending:\n%s",
+				cport, dump(tr.states(ns)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The socket still waits for an answer, as the kernel says.
+	var info *unix.TCPInfo
+	if err := ns.do(func() (err error) {
+		info, err = unix.GetsockoptTCPInfo(fds[len(fds)-1], unix.IPPROTO_TCP, unix.TCP_INFO)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if info.State != 2 { // TCP_SYN_SENT
+		t.Fatalf("client socket in state %d, want SYN_SENT (2): the SYN was answered", info.State)
+	}
+	tr.stopClean()
+}
