@@ -34,17 +34,16 @@ func TestSynSentPortAtConnect(t *testing.T) {
 		}
 	})
 	err := ns.do(func() error {
-		l, err := net.Listen("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		// A raw listener: closed by the cleanup alone (an *os.File's
+		// finalizer would close its number again, whatever it then is).
+		lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
-		f, err := l.(*net.TCPListener).File()
-		l.Close()
-		if err != nil {
-			return err
-		}
-		lfd := int(f.Fd())
 		fds = append(fds, lfd)
+		if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+			return err
+		}
 		// Backlog 1: two connections fill the accept queue (never accepted),
 		// the kernel drops a third one's SYN.
 		if err := syscall.Listen(lfd, 1); err != nil {
