@@ -66,10 +66,13 @@ func (t *Tracker) AgeOf(h *owner.Holder, now uint64) Age {
 	return Age{D: time.Duration(now - from)}
 }
 
-// Forget drops sockets no longer in CLOSE_WAIT; live holds those that are.
-func (t *Tracker) Forget(live map[uint64]bool) {
-	for sock := range t.entered {
-		if !live[sock] {
+// Forget drops sockets no longer in CLOSE_WAIT: live holds those a scan
+// taken at now found there. A socket that entered after the scan is kept:
+// its absence proves nothing (the scan is shown a drain later, and entries
+// observed meanwhile must still date the next one).
+func (t *Tracker) Forget(live map[uint64]bool, now uint64) {
+	for sock, at := range t.entered {
+		if !live[sock] && at <= now {
 			delete(t.entered, sock)
 		}
 	}
@@ -148,7 +151,7 @@ func (t *Tracker) Report(scan []owner.Holder, now uint64, f Filter) []Process {
 		p.Sockets = append(p.Sockets, Socket{Sock: h.Sock, Family: h.Family, LAddr: h.LAddr, RAddr: h.RAddr,
 			LPort: h.LPort, RPort: h.RPort, Age: age})
 	}
-	t.Forget(live)
+	t.Forget(live, now)
 
 	out := make([]Process, 0, len(byPID))
 	for _, p := range byPID {

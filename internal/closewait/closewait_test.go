@@ -72,6 +72,21 @@ func TestSocketLeavingIsForgotten(t *testing.T) {
 	}
 }
 
+// A scan is shown a drain after it was taken; a socket entering CLOSE_WAIT
+// meanwhile is missing from it, and must still be dated by the next one.
+func TestEntryAfterScanIsKept(t *testing.T) {
+	tr := NewTracker(0)
+	tr.Observe(&event.Event{Kind: event.KindState, Sock: 4, Mono: 11 * sec, NewState: tcpstate.CloseWait})
+	tr.Report(nil, 10*sec, Filter{}) // taken at 10 s, before socket 4 entered
+	procs := tr.Report([]owner.Holder{fd(4, 4242, "node", 3000, "10.0.0.9", 6379, tcpstate.CloseWait)}, 20*sec, Filter{})
+	if len(procs) != 1 || len(procs[0].Sockets) != 1 {
+		t.Fatalf("report: %+v", procs)
+	}
+	if age := procs[0].Sockets[0].Age; !age.Known || age.D != 9*time.Second {
+		t.Fatalf("age %+v, want exactly 9s", age)
+	}
+}
+
 func TestSharedSocketCountsForEachHolder(t *testing.T) {
 	tr := NewTracker(0)
 	procs := tr.Report([]owner.Holder{
