@@ -87,6 +87,9 @@ type part struct {
 	// function its section names (fentry/fexit are bound at load).
 	as, fn string
 	attach func(*ebpf.Program) (link.Link, error)
+	// counted: the feature's program whose skipped runs (recursion
+	// misses) are changes lost unless caught (the state program).
+	counted bool
 }
 
 // name is the program's name once loaded.
@@ -101,12 +104,25 @@ func single(name, kind, prog string, attach func(*ebpf.Program) (link.Link, erro
 	return candidate{name: name, kind: kind, parts: []part{{prog: prog, attach: attach}}}
 }
 
+// caught is a state-change candidate of three programs on one hook,
+// attached in this order: prog_push, the state program prog, prog_catch.
+// The short ones record the changes the kernel skips prog for (a softirq
+// nested in it; see state_catch in bpf/tcptrace.c).
+func caught(name, kind, prog string, attach func(*ebpf.Program) (link.Link, error)) candidate {
+	return candidate{name: name, kind: kind, parts: []part{
+		{prog: prog + "_push", attach: attach},
+		{prog: prog, attach: attach, counted: true},
+		{prog: prog + "_catch", attach: attach},
+	}}
+}
+
 // feature is something the tracer needs, with its hooks best first.
 type feature struct {
 	name     string
 	required bool
-	// missesAreLost: runs of this feature's program that the kernel skips
-	// (recursion) lose records; set for state changes.
+	// missesAreLost: runs of this feature's counted program that the
+	// kernel skips (recursion) lose records, unless caught; set for state
+	// changes, whose EPERM also means BPF is refused to this user.
 	missesAreLost bool
 	// watchesDrops: its links close before the last listener walk (see
 	// RunPolling), so that walk counts what the watched calls had under way.
@@ -146,31 +162,24 @@ func kretprobe(symbol string) func(*ebpf.Program) (link.Link, error) {
 }
 
 func (t *Tracer) features(opts *Options) []feature {
+	// The kernel skips a classic tracepoint's programs together when one
+	// nests in another (bpf_prog_active): a catch program would go with
+	// the state program, so there is none.
+	classicStates := single("tracepoint/sock/inet_sock_set_state", "tracepoint", "state_tp", func(p *ebpf.Program) (link.Link, error) {
+		if err := t.ensureTracefs(opts.MountTracefs); err != nil {
+			return nil, err
+		}
+		return link.Tracepoint("sock", "inet_sock_set_state", p, nil)
+	})
+	classicStates.parts[0].counted = true
 	states := feature{
 		name:          "state changes",
 		required:      true,
 		missesAreLost: true,
 		candidates: []candidate{
-			// The state program comes between two short ones, attached in
-			// this order, that record the changes the kernel skips it for (a
-			// softirq nested in it; see state_catch in bpf/tcptrace.c).
-			// The state program is the candidate's second part.
-			{name: "tp_btf/inet_sock_set_state", kind: "tp_btf", parts: []part{
-				{prog: "state_btf_push", attach: tpBTF},
-				{prog: "state_btf", attach: tpBTF},
-				{prog: "state_btf_catch", attach: tpBTF},
-			}},
-			{name: "raw_tp/inet_sock_set_state", kind: "raw_tp", parts: []part{
-				{prog: "state_raw_push", attach: rawTracepoint("inet_sock_set_state")},
-				{prog: "state_raw", attach: rawTracepoint("inet_sock_set_state")},
-				{prog: "state_raw_catch", attach: rawTracepoint("inet_sock_set_state")},
-			}},
-			single("tracepoint/sock/inet_sock_set_state", "tracepoint", "state_tp", func(p *ebpf.Program) (link.Link, error) {
-				if err := t.ensureTracefs(opts.MountTracefs); err != nil {
-					return nil, err
-				}
-				return link.Tracepoint("sock", "inet_sock_set_state", p, nil)
-			}),
+			caught("tp_btf/inet_sock_set_state", "tp_btf", "state_btf", tpBTF),
+			caught("raw_tp/inet_sock_set_state", "raw_tp", "state_raw", rawTracepoint("inet_sock_set_state")),
+			classicStates,
 		},
 	}
 	sysExit := feature{
@@ -469,9 +478,11 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 			if f.watchesDrops {
 				t.dropWatch = ls
 			}
-			if f.missesAreLost {
-				t.stateProg = coll.Programs[c.parts[min(1, len(c.parts)-1)].name()]
-				t.stateMisses = recursionMisses(t.stateProg, 0)
+			for _, p := range c.parts {
+				if p.counted {
+					t.stateProg = coll.Programs[p.name()]
+					t.stateMisses = recursionMisses(t.stateProg, 0)
+				}
 			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
 			for _, rest := range f.candidates[i+1:] {
