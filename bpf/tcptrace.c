@@ -751,31 +751,23 @@ int BPF_PROG(sys_exit_raw, struct pt_regs *regs, long ret)
 static __always_inline void set_fate(__u32 tgid, bool exited)
 {
 	__u64 now = bpf_ktime_get_ns();
-	/* Before the entry: a reader that sees the entry sees this too. */
+	/* Set first: a reader that finds the entry must not skip the lookup. */
 	if (now > last_fate_ns)
 		last_fate_ns = now;
 	struct fate *f = bpf_map_lookup_elem(&fates, &tgid);
-	if (f) {
-		/* Racing writers of one process both store "now": either wins. */
-		if (exited)
-			f->exited = now;
-		else
-			f->forked = now;
-		return;
-	}
-	struct fate fresh = {};
-	if (exited)
-		fresh.exited = now;
-	else
-		fresh.forked = now;
-	/* BPF_NOEXIST: if another CPU just added it, update that one. */
-	if (bpf_map_update_elem(&fates, &tgid, &fresh, BPF_NOEXIST)) {
+	if (!f) {
+		/* BPF_NOEXIST: another CPU may have just added it; use that one. */
+		struct fate none = {};
+		bpf_map_update_elem(&fates, &tgid, &none, BPF_NOEXIST);
 		f = bpf_map_lookup_elem(&fates, &tgid);
-		if (f && exited)
-			f->exited = now;
-		else if (f)
-			f->forked = now;
+		if (!f)
+			return;
 	}
+	/* Racing writers of one process both store "now": either wins. */
+	if (exited)
+		f->exited = now;
+	else
+		f->forked = now;
 }
 
 /* A new process (not a thread) shares its parent's open sockets. */

@@ -215,12 +215,13 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 		b = append(b, e.NewState.String()...)
 	}
 	b = padTo(b, start, 13)
-	if stuck && !e.InStateKnown {
-		b = append(b, ">="...)
+	switch {
+	case stuck && !e.InStateKnown:
+		b = append(b, ">="...) // a lower bound
 		b = appendMillis(b, e.InState)
-	} else if e.InStateKnown {
+	case e.InStateKnown:
 		b = appendMillis(b, e.InState)
-	} else {
+	default:
 		b = append(b, '-')
 	}
 	return append(b, '\n')
