@@ -185,12 +185,30 @@ static __always_inline struct connect_slot *connect_slot(void)
 	return bpf_map_lookup_elem(&connecting, &zero);
 }
 
-static __always_inline void count_lost(void)
+/*
+ * Sockets whose recorded history skips a state: a change came from another
+ * state than the one last recorded, or a new life began at the address of a
+ * socket whose final CLOSE was never seen. The kernel made changes that no
+ * program here saw; some it counted as skipped runs, some it did not.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} gaps SEC(".maps");
+
+static __always_inline void count_in(void *map)
 {
 	__u32 zero = 0;
-	__u64 *n = bpf_map_lookup_elem(&lost, &zero);
+	__u64 *n = bpf_map_lookup_elem(map, &zero);
 	if (n)
 		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void count_lost(void)
+{
+	count_in(&lost);
 }
 
 /*
@@ -241,6 +259,14 @@ static __always_inline __u16 local_port(const struct sock *sk, const bool btf)
 			return num;
 	}
 	return bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+}
+
+/* The port a socket is bound to now: at a life's start, inet_sport may
+ * still hold the previous life's port (a second connect() after a refused
+ * one), so only skc_num counts. */
+static __always_inline __u16 bound_port(const struct sock *sk, const bool btf)
+{
+	return READ(btf, sk, __sk_common.skc_num);
 }
 
 static __always_inline __u16 remote_port(const struct sock *sk, const bool btf)
@@ -335,11 +361,16 @@ static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr, c
 	struct event *e = bpf_map_lookup_elem(&pending_connects, &skaddr);
 	if (!e)
 		return;
-	e->lport = local_port(sk, btf);
-	e->rport = remote_port(sk, btf);
-	__u16 family = read_addrs(sk, e->saddr, e->daddr, btf);
-	if (family)
-		e->family = family;
+	/* Only what was missing: a refused connect() has cleared the remote
+	 * port (tcp_disconnect) by the time its exit sends the event. */
+	if (!e->lport)
+		e->lport = local_port(sk, btf);
+	if (!e->rport) {
+		e->rport = remote_port(sk, btf);
+		__u16 family = read_addrs(sk, e->saddr, e->daddr, btf);
+		if (family)
+			e->family = family;
+	}
 	if (port_wanted(e))
 		output(e);
 	bpf_map_delete_elem(&pending_connects, &skaddr);
@@ -350,15 +381,34 @@ static __always_inline void flush_pending(const struct sock *sk, __u64 skaddr, c
 }
 
 /* An event still held for an earlier socket at this address (the runs that
- * would have flushed it were skipped): it goes out as it was, not lost. */
-static __always_inline void flush_stale(__u64 skaddr)
+ * would have flushed it were skipped): it goes out as it was, not lost.
+ * Returns whether there was one. */
+static __always_inline bool flush_stale(__u64 skaddr)
 {
 	struct event *e = bpf_map_lookup_elem(&pending_connects, &skaddr);
 	if (!e)
-		return;
+		return false;
 	if (port_wanted(e))
 		output(e);
 	bpf_map_delete_elem(&pending_connects, &skaddr);
+	return true;
+}
+
+/*
+ * A socket found no entry of its own yet one is there: an earlier socket at
+ * this address whose final CLOSE no program saw. Its held event goes out; a
+ * new life's start counts the old one's unseen end. fresh replaces it.
+ */
+static __always_inline void reborn(__u64 skaddr, struct sock_info *fresh, bool born)
+{
+	struct sock_info *old = bpf_map_lookup_elem(&socks, &skaddr);
+	if (old) {
+		if (old->held)
+			flush_stale(skaddr);
+		if (born && old->traced && old->state && old->state != TCP_CLOSE)
+			count_in(&gaps);
+	}
+	bpf_map_update_elem(&socks, &skaddr, fresh, BPF_ANY);
 }
 
 /* Whether a change from oldstate to newstate is wanted by --state and friends. */
@@ -430,6 +480,8 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 {
 	if (!is_tcp(sk, btf))
 		return 0;
+	if (cfg.test_unseen_state && newstate == cfg.test_unseen_state)
+		return 0;
 
 	struct event e = {};
 	e.family = read_addrs(sk, e.saddr, e.daddr, btf);
@@ -442,7 +494,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	__u64 skaddr = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
 	e.netns = netns_of(sk, btf);
-	e.lport = local_port(sk, btf);
+	e.lport = oldstate == TCP_CLOSE ? bound_port(sk, btf) : local_port(sk, btf);
 
 	/* Socket bookkeeping runs for every socket, filtered or not. A socket
 	 * leaving CLOSE, or a new connection's socket, starts a new life: nothing
@@ -452,8 +504,8 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	struct sock_info *si = born ? NULL : bpf_map_lookup_elem(&socks, &skaddr);
 	if (!si)
 		si = &fresh;
-	if (born)
-		flush_stale(skaddr);
+	__u8 last = si->state;
+	bool was_held = si->held;
 	if (si->state_ts) {
 		e.in_state_ns = now - si->state_ts;
 		e.flags |= EVENT_IN_STATE_KNOWN;
@@ -490,19 +542,35 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 
 	e.owner = si->owner;
 	e.flags |= owner_flags(&si->owner);
-	if (newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&socks, &skaddr);
-	else if (si == &fresh)
-		bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_ANY);
+	e.rport = remote_port(sk, btf);
+
+	/* An event that must wait for its socket's port or address (and the
+	 * port filter with it); whether one waits is kept with the socket, so
+	 * the changes that would send it look for it only then. */
+	bool late = (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && e.lport == 0) ||
+		    (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && e.rport == 0);
+	bool traced = pid_wanted(&e) && (late || port_wanted(&e));
+	bool wanted = traced && change_wanted(oldstate, newstate);
+	bool hold = wanted && late;
+	/* Changed from another state than the one last recorded: the kernel
+	 * made a change in between that no program saw. */
+	if (traced && last && last != oldstate)
+		count_in(&gaps);
+	si->state = newstate;
+	si->held = hold;
+	si->traced = traced;
 
 	/* Keep the stream in order: a held event goes out before what follows it
 	 * (at the final CLOSE at the latest, if the runs that flush it were skipped). */
-	if (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV || newstate == TCP_CLOSE)
+	if (was_held && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV || newstate == TCP_CLOSE))
 		flush_pending(sk, skaddr, btf);
 
-	if (!change_wanted(oldstate, newstate))
-		return 0;
-	if (!pid_wanted(&e))
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&socks, &skaddr);
+	else if (si == &fresh && bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_NOEXIST))
+		reborn(skaddr, &fresh, born);
+
+	if (!wanted)
 		return 0;
 
 	e.type = RECORD_STATE;
@@ -510,25 +578,23 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	e.skaddr = skaddr;
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	e.rport = remote_port(sk, btf);
 
-	if (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && e.lport == 0) {
-		e.flags |= EVENT_PORT_LATE;
-		if (!bpf_map_update_elem(&pending_connects, &skaddr, &e, BPF_ANY)) {
-			struct connect_slot *c = connect_slot();
-			if (c) {
-				c->pid_tgid = bpf_get_current_pid_tgid();
-				c->skaddr = skaddr;
+	if (hold) {
+		if (newstate == TCP_SYN_SENT)
+			e.flags |= EVENT_PORT_LATE;
+		if (!bpf_map_update_elem(&pending_connects, &skaddr, &e, BPF_NOEXIST) ||
+		    (flush_stale(skaddr) && !bpf_map_update_elem(&pending_connects, &skaddr, &e, BPF_NOEXIST))) {
+			if (newstate == TCP_SYN_SENT) {
+				struct connect_slot *c = connect_slot();
+				if (c) {
+					c->pid_tgid = bpf_get_current_pid_tgid();
+					c->skaddr = skaddr;
+				}
 			}
 			return 0;
 		}
 		/* No room to hold it: send it now, port unknown, rather than lose it. */
-	} else if (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && e.rport == 0) {
-		if (!bpf_map_update_elem(&pending_connects, &skaddr, &e, BPF_ANY))
-			return 0;
 	}
-	if (!port_wanted(&e))
-		return 0;
 	output(&e);
 	return 0;
 }

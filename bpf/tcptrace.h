@@ -48,6 +48,10 @@ struct owner {
 struct sock_info {
 	__u64 state_ts; /* when it entered its current state; 0 when unknown */
 	struct owner owner;
+	__u8 state;     /* its current state as last recorded; 0 when unknown */
+	__u8 held;      /* an event of it may wait in pending_connects */
+	__u8 traced;    /* it passed the pid and port filters at its last change */
+	__u8 pad[5];
 };
 
 /* One TCP socket file descriptor found by the scan iterator. */
@@ -134,6 +138,7 @@ struct config {
 	__u8 emit_drops;    /* send drops (--events drops) */
 	__u32 reason_listen_overflow; /* SKB_DROP_REASON_TCP_LISTEN_OVERFLOW here, 0 if none */
 	__u32 reason_not_specified;   /* SKB_DROP_REASON_NOT_SPECIFIED here */
-	__u32 pad;
+	__u8 test_unseen_state; /* tests: act as if no program ran for changes into this state */
+	__u8 pad[3];
 	__u64 watch_busy_ns; /* how long the listener walk leaves a listener with a queue check under way */
 };

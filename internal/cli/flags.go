@@ -48,6 +48,9 @@ type Config struct {
 	// HookKind forces one kind of hook where a feature has it (hidden; for
 	// tests and debugging).
 	HookKind string
+	// UnseenState makes the kernel side act as if no program ran for changes
+	// into this state (hidden; tests of gap detection), 0 for none.
+	UnseenState tcpstate.State
 	// NoMountTracefs forbids mounting tracefs for the classic-tracepoint fallback.
 	NoMountTracefs bool
 }
@@ -85,11 +88,13 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.StringVar(&c.HookKind, "hook-kind", "", "force this kind of hook wherever a feature has one: "+strings.Join(tracer.HookKinds, ", "))
 	fs.BoolVar(&c.NoMountTracefs, "no-mount-tracefs", false, "never mount tracefs, even when only the classic tracepoint is left")
 	fs.MarkHidden("hook-kind")
+	fs.StringVar(&raw.unseen, "test-unseen-state", "", "tests: the kernel side ignores changes into this state")
+	fs.MarkHidden("test-unseen-state")
 	return fs
 }
 
 type rawFlags struct {
-	output, ringSize            string
+	output, ringSize, unseen    string
 	pids, ports, states, events []string
 	v4, v6                      bool
 }
@@ -151,6 +156,11 @@ func Parse(args []string) (*Config, error) {
 	}
 	if c.HookKind != "" && !contains(tracer.HookKinds, c.HookKind) {
 		return nil, usagef("invalid --hook-kind %q: want one of %s", c.HookKind, strings.Join(tracer.HookKinds, ", "))
+	}
+	if raw.unseen != "" {
+		if c.UnseenState, err = tcpstate.Parse(raw.unseen); err != nil {
+			return nil, usagef("invalid --test-unseen-state: %v", err)
+		}
 	}
 	if len(c.Comm) > 15 {
 		// The kernel keeps 15 bytes of a command name.

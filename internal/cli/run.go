@@ -90,6 +90,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MountTracefs: !cfg.NoMountTracefs,
 		EmitStates:   cfg.EmitStates,
 		EmitDrops:    cfg.EmitDrops,
+		UnseenState:  uint8(cfg.UnseenState),
 	}, cfg.Verbose, stderr)
 	if err != nil {
 		return err
@@ -154,7 +155,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cerr := tr.Close(); err == nil {
 		err = cerr
 	}
-	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost\n", st.Events-p.dropped, st.Lost)
+	fmt.Fprintf(stderr, "tcptrace: %d events, %d lost, %d sockets with gaps\n", st.Events-p.dropped, st.Lost, st.Gaps)
 	if cfg.Verbose {
 		fmt.Fprintf(stderr, "tcptrace: nested state changes: %d skipped by the kernel, %d of them recorded by the catch program\n",
 			st.Nested, st.Caught)

@@ -106,7 +106,8 @@ func TestNoChangeMissed(t *testing.T) {
 			}
 			short := truth - len(recs) - int(lost)
 			if short > 0 {
-				t.Logf("%d changes neither delivered nor counted lost; by change: %v", short, byChange(recs))
+				t.Logf("%d changes neither delivered nor counted lost (%d sockets with gaps reported); by change: %v",
+					short, gapCount(tr), byChange(recs))
 			}
 			bound := max(8, truth/5000)
 			if kind == "tracepoint" {
@@ -118,10 +119,11 @@ func TestNoChangeMissed(t *testing.T) {
 			}
 			// Known defect, cause not found yet (it predates the catch
 			// program): on the 6.18 host under CPU contention, the last two
-			// changes (FIN_WAIT1->FIN_WAIT2->CLOSE) of up to one server
-			// socket in 5,000 neither arrive nor count as lost, though the
-			// programs' run counts (bpf_stats) cover every change. Bounded
-			// so that it cannot grow unseen.
+			// changes (FIN_WAIT1->FIN_WAIT2->CLOSE) of up to one socket in
+			// 5,000 reach no program (ftrace's own record has them) and the
+			// kernel counts no skip. The kernel side reports such sockets
+			// as gaps when their address starts a new life. Bounded so
+			// that it cannot grow unseen.
 			if short > bound {
 				t.Errorf("%d changes neither delivered nor counted lost, over the bound of %d; sockets short of 5 changes:\n%s",
 					short, bound, dump(shortSockets(recs)))

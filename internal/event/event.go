@@ -24,6 +24,10 @@ const (
 	// KindDrop: Count connection attempts dropped at the listener
 	// LAddr:LPort (Sock); RAddr:RPort is the client when ClientKnown.
 	KindDrop
+	// KindGaps reports sockets found with a hole in their recorded history
+	// (Lost holds how many since the previous such record): the kernel
+	// changed their state without any tcptrace program seeing the change.
+	KindGaps
 )
 
 // Family is the address family shown to the user (v4-mapped IPv6 is IPv4).
@@ -79,7 +83,9 @@ type Event struct {
 	InState      time.Duration
 	InStateKnown bool
 
-	// Lost is the number of records lost since the previous lost record (KindLost).
+	// Lost is the number of records lost since the previous lost record
+	// (KindLost), or of sockets with a gap since the previous gaps record
+	// (KindGaps).
 	Lost uint64
 
 	// Drops (KindDrop).

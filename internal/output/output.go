@@ -182,6 +182,12 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 		b = append(b, " records: the ring buffer was full\n"...)
 		return b
 	}
+	if e.Kind == event.KindGaps {
+		b = append(b, "GAPS "...)
+		b = strconv.AppendUint(b, e.Lost, 10)
+		b = append(b, " sockets changed state unseen: the kernel ran no tracepoint program for some of their changes\n"...)
+		return b
+	}
 	if e.Kind == event.KindDrop {
 		return appendDropText(b, e)
 	}
@@ -282,6 +288,13 @@ func AppendPrintable(b, s []byte) []byte {
 func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 	if e.Kind == event.KindLost {
 		b = append(b, `{"type":"lost","time":"`...)
+		b = f.appendJSONTime(b, e.Time)
+		b = append(b, `","count":`...)
+		b = strconv.AppendUint(b, e.Lost, 10)
+		return append(b, "}\n"...)
+	}
+	if e.Kind == event.KindGaps {
+		b = append(b, `{"type":"gaps","time":"`...)
 		b = f.appendJSONTime(b, e.Time)
 		b = append(b, `","count":`...)
 		b = strconv.AppendUint(b, e.Lost, 10)

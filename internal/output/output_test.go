@@ -127,6 +127,21 @@ func TestJSONLost(t *testing.T) {
 	}
 }
 
+func TestGapsRecord(t *testing.T) {
+	e := &event.Event{Kind: event.KindGaps, Time: 0, Lost: 3}
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["type"] != "gaps" || m["count"] != 3.0 {
+		t.Fatalf("got %v", m)
+	}
+	text := string(AppendText(nil, e, time.UTC))
+	if !strings.Contains(text, " GAPS 3 sockets ") || !strings.HasSuffix(text, "\n") || strings.Count(text, "\n") != 1 {
+		t.Fatalf("text line %q", text)
+	}
+}
+
 func TestJSONStringEscaping(t *testing.T) {
 	for _, in := range []string{`a"b`, `back\slash`, "tab\there", "\x01ctl", "caf\xc3\xa9", "bad\xffbyte"} {
 		out := AppendJSONString(nil, []byte(in))

@@ -31,6 +31,9 @@ type Stats struct {
 	// softirq nested in it), and how many of those the catch program
 	// recorded; the rest are in Lost.
 	Nested, Caught uint64
+	// Gaps: sockets whose recorded history skips a state (a change no
+	// program saw, whether or not the kernel counted the skip).
+	Gaps uint64
 }
 
 // Run streams records to sink until ctx ends. Then it detaches every hook,
@@ -147,17 +150,18 @@ type lostCounter struct {
 	nest   []tcptraceStateNest
 	seen   uint64
 	misses uint64 // the state program's recursion misses, last read
+	gaps   uint64 // sockets with a gap, as last reported
 }
 
 // report sends a lost record for what was lost since the last one. final
 // is the reading after Detach, when no program runs any more.
 func (l *lostCounter) report(sink Sink, st *Stats, final bool) error {
-	if err := l.t.maps.Maps["lost"].Lookup(uint32(0), &l.perCPU); err != nil {
-		return fmt.Errorf("read BPF map lost: %w", err)
+	if err := l.reportGaps(sink, st); err != nil {
+		return err
 	}
-	var total uint64
-	for _, n := range l.perCPU {
-		total += n
+	total, err := l.sum("lost")
+	if err != nil {
+		return err
 	}
 	// Runs the kernel skipped because the state program was already running
 	// on that CPU (a softirq nested in it) are lost, but for those the
@@ -188,6 +192,31 @@ func (l *lostCounter) report(sink Sink, st *Stats, final bool) error {
 	ev := event.Event{Kind: event.KindLost, Time: time.Now().UnixNano(), Lost: total - l.seen}
 	l.seen = total
 	st.Lost = total
+	return sink.Record(&ev)
+}
+
+// sum adds up the per-CPU counter in the BPF map name.
+func (l *lostCounter) sum(name string) (uint64, error) {
+	if err := l.t.maps.Maps[name].Lookup(uint32(0), &l.perCPU); err != nil {
+		return 0, fmt.Errorf("read BPF map %s: %w", name, err)
+	}
+	var total uint64
+	for _, n := range l.perCPU {
+		total += n
+	}
+	return total, nil
+}
+
+// reportGaps sends a gaps record for sockets found with a gap since the
+// last one.
+func (l *lostCounter) reportGaps(sink Sink, st *Stats) error {
+	gaps, err := l.sum("gaps")
+	if err != nil || gaps <= l.gaps {
+		return err
+	}
+	ev := event.Event{Kind: event.KindGaps, Time: time.Now().UnixNano(), Lost: gaps - l.gaps}
+	l.gaps = gaps
+	st.Gaps = gaps
 	return sink.Record(&ev)
 }
 

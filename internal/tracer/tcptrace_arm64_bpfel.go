@@ -26,7 +26,8 @@ type tcptraceConfig struct {
 	_                    [2]byte
 	ReasonListenOverflow uint32
 	ReasonNotSpecified   uint32
-	Pad                  uint32
+	TestUnseenState      uint8
+	Pad                  [3]uint8
 	WatchBusyNs          uint64
 }
 
@@ -177,6 +178,10 @@ type tcptraceSockInfo struct {
 	_       structs.HostLayout
 	StateTs uint64
 	Owner   tcptraceOwner
+	State   uint8
+	Held    uint8
+	Traced  uint8
+	Pad     [5]uint8
 }
 
 type tcptraceStateNest struct {
@@ -202,6 +207,7 @@ const (
 	tcptraceMapFates           = "fates"
 	tcptraceMapFilterPids      = "filter_pids"
 	tcptraceMapFilterPorts     = "filter_ports"
+	tcptraceMapGaps            = "gaps"
 	tcptraceMapListenDrops     = "listen_drops"
 	tcptraceMapListeners       = "listeners"
 	tcptraceMapLost            = "lost"
@@ -326,6 +332,7 @@ type tcptraceMapSpecs struct {
 	Fates           *ebpf.MapSpec `ebpf:"fates"`
 	FilterPids      *ebpf.MapSpec `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.MapSpec `ebpf:"filter_ports"`
+	Gaps            *ebpf.MapSpec `ebpf:"gaps"`
 	ListenDrops     *ebpf.MapSpec `ebpf:"listen_drops"`
 	Listeners       *ebpf.MapSpec `ebpf:"listeners"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
@@ -372,6 +379,7 @@ type tcptraceMaps struct {
 	Fates           *ebpf.Map `ebpf:"fates"`
 	FilterPids      *ebpf.Map `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.Map `ebpf:"filter_ports"`
+	Gaps            *ebpf.Map `ebpf:"gaps"`
 	ListenDrops     *ebpf.Map `ebpf:"listen_drops"`
 	Listeners       *ebpf.Map `ebpf:"listeners"`
 	Lost            *ebpf.Map `ebpf:"lost"`
@@ -388,6 +396,7 @@ func (m *tcptraceMaps) Close() error {
 		m.Fates,
 		m.FilterPids,
 		m.FilterPorts,
+		m.Gaps,
 		m.ListenDrops,
 		m.Listeners,
 		m.Lost,

@@ -45,6 +45,9 @@ type Options struct {
 	// MountTracefs allows mounting tracefs at /sys/kernel/tracing when the
 	// classic tracepoint is the only hook left and tracefs is missing.
 	MountTracefs bool
+	// UnseenState, for tests, makes the state programs ignore changes into
+	// this state as if the kernel never ran them (0: none).
+	UnseenState uint8
 }
 
 // DefaultRingBytes holds about 80,000 state changes.
@@ -412,7 +415,7 @@ const watchBusy = 10 * time.Millisecond
 func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *dropReasons) error {
 	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes,
 		ReasonListenOverflow: reasons.listenOverflow, ReasonNotSpecified: reasons.notSpecified,
-		WatchBusyNs: uint64(watchBusy)}
+		WatchBusyNs: uint64(watchBusy), TestUnseenState: opts.UnseenState}
 	if opts.EmitStates {
 		cfg.EmitStates = 1
 	}
