@@ -76,9 +76,12 @@ func checkPair(t *testing.T, recs []record, p *pair, family string) {
 					rl.name, r.OldState, r.NewState, r.LAddr, r.LPort, r.RAddr, r.RPort, r.Family,
 					p.host, rl.lport, rl.raddr, rl.rport, family)
 			}
-			// The client exits right after close(): its socket's last changes
-			// may come after that, and then rightly name an exited owner.
-			mayHaveExited := rl.name == "client" && (r.NewState == "FIN_WAIT2" || r.NewState == "CLOSE")
+			// Both processes exit right after close(): a socket's last
+			// changes may come after that (the final ACK processed late, as
+			// seen in the emulated VMs under load), and then rightly name an
+			// exited owner.
+			mayHaveExited := rl.name == "client" && (r.NewState == "FIN_WAIT2" || r.NewState == "CLOSE") ||
+				rl.name == "server" && r.NewState == "CLOSE"
 			if r.PID != rl.pid || len(r.PIDs) != 1 || r.PIDs[0] != rl.pid || r.UID == nil || *r.UID != 0 ||
 				(r.Exited && !mayHaveExited) {
 				t.Errorf("%s %s->%s: owner %s, want pid %d", rl.name, r.OldState, r.NewState, r, rl.pid)
