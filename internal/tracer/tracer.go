@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -404,6 +405,10 @@ func New(opts Options) (_ *Tracer, err error) {
 			return nil, err
 		}
 	}
+	// The kernel's BTF (tens of MB of Go heap) is needed only to load: let
+	// it go, so the heap a long run keeps, and grows against, is small.
+	t.kernel = nil
+	debug.FreeOSMemory()
 	return t, nil
 }
 
