@@ -10,6 +10,7 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"net/netip"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -61,7 +62,7 @@ func New(w io.Writer, format Format, lineBuffered bool, loc *time.Location) *Wri
 		w:            bufio.NewWriterSize(w, 64<<10),
 		format:       format,
 		lineBuffered: lineBuffered,
-		f:            Formatter{loc: loc, owners: new([ownerSlots]ownerJSON)},
+		f:            Formatter{loc: loc, owners: new([ownerSlots]ownerJSON), addrs: new([addrSlots]addrText)},
 		buf:          make([]byte, 0, 512),
 	}
 }
@@ -100,6 +101,39 @@ type Formatter struct {
 	jsonN, textN     int
 	jsonPre, textPre [32]byte
 	owners           *[ownerSlots]ownerJSON // nil: rendered afresh each time
+	addrs            *[addrSlots]addrText   // nil: addresses formatted afresh
+	addrNext         int                    // the slot the next new address takes
+}
+
+// addrSlots addresses are kept formatted: a stream's sockets share few local
+// addresses, and formatting one was a tenth of a text record's cost.
+const addrSlots = 4
+
+// addrText is one address as AppendTo formats it.
+type addrText struct {
+	addr netip.Addr
+	n    int
+	text [64]byte // an IPv6 address with a zone fits
+}
+
+// appendAddr appends a as netip.Addr.AppendTo does, from the cache when f has one.
+func (f *Formatter) appendAddr(b []byte, a netip.Addr) []byte {
+	if f == nil || f.addrs == nil {
+		return a.AppendTo(b)
+	}
+	for i := range f.addrs {
+		if s := &f.addrs[i]; s.n > 0 && s.addr == a {
+			return append(b, s.text[:s.n]...)
+		}
+	}
+	start := len(b)
+	b = a.AppendTo(b)
+	if n := len(b) - start; n > 0 && n <= len(f.addrs[0].text) {
+		s := &f.addrs[f.addrNext]
+		s.addr, s.n = a, copy(s.text[:], b[start:])
+		f.addrNext = (f.addrNext + 1) % addrSlots
+	}
+	return b
 }
 
 // ownerSlots owners' JSON keys are kept rendered: a stream's records come
@@ -206,10 +240,10 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	}
 	b = padTo(b, start, 16)
 	start = len(b)
-	b = appendAddrPort(b, e.LAddr.AppendTo, e.Family, e.LPort)
+	b = appendAddrPort(b, f, e.LAddr, e.Family, e.LPort)
 	b = padTo(b, start, addrColWidth+1)
 	start = len(b)
-	b = appendAddrPort(b, e.RAddr.AppendTo, e.Family, e.RPort)
+	b = appendAddrPort(b, f, e.RAddr, e.Family, e.RPort)
 	b = padTo(b, start, addrColWidth+1)
 	start = len(b)
 	b = append(b, e.OldState.String()...)
@@ -260,13 +294,14 @@ func padTo(b []byte, start, width int) []byte {
 	return b
 }
 
-func appendAddrPort(b []byte, appendAddr func([]byte) []byte, f event.Family, port uint16) []byte {
+// appendAddrPort appends addr:port ([addr]:port for IPv6); fm may be nil.
+func appendAddrPort(b []byte, fm *Formatter, addr netip.Addr, f event.Family, port uint16) []byte {
 	if f == event.IPv6 {
 		b = append(b, '[')
-		b = appendAddr(b)
+		b = fm.appendAddr(b, addr)
 		b = append(b, ']')
 	} else {
-		b = appendAddr(b)
+		b = fm.appendAddr(b, addr)
 	}
 	b = append(b, ':')
 	return strconv.AppendUint(b, uint64(port), 10)
@@ -311,9 +346,9 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 	b = f.appendJSONTime(b, e.Time)
 	b = append(b, '"')
 	b = f.appendPIDAndOwner(b, e)
-	b = appendLocal(b, e)
+	b = f.appendLocal(b, e)
 	b = append(b, `,"raddr":"`...)
-	b = e.RAddr.AppendTo(b)
+	b = f.appendAddr(b, e.RAddr)
 	b = append(b, `","rport":`...)
 	b = strconv.AppendUint(b, uint64(e.RPort), 10)
 	if e.Kind == event.KindCloseWaitStuck {
@@ -367,7 +402,7 @@ func appendDropText(b []byte, e *event.Event) []byte {
 		b = strconv.AppendUint(b, uint64(d.SynQueue), 10)
 		b = append(b, ") "...)
 	}
-	b = appendAddrPort(b, e.LAddr.AppendTo, e.Family, e.LPort)
+	b = appendAddrPort(b, nil, e.LAddr, e.Family, e.LPort)
 	b = append(b, " <- "...)
 	switch {
 	case d.ClientKnown:
@@ -375,7 +410,7 @@ func appendDropText(b []byte, e *event.Event) []byte {
 		if e.RAddr.Is4() {
 			f = event.IPv4 // an IPv4 client of a dual-stack listener
 		}
-		b = appendAddrPort(b, e.RAddr.AppendTo, f, e.RPort)
+		b = appendAddrPort(b, nil, e.RAddr, f, e.RPort)
 	case len(d.TopClients) > 0:
 		for i, c := range d.TopClients {
 			if i > 0 {
@@ -417,7 +452,7 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 	b = append(b, `,"count":`...)
 	b = strconv.AppendUint(b, d.Count, 10)
 	b = f.appendPIDAndOwner(b, e)
-	b = appendLocal(b, e)
+	b = f.appendLocal(b, e)
 	if d.ClientKnown {
 		b = append(b, `,"raddr":"`...)
 		b = e.RAddr.AppendTo(b)
@@ -454,11 +489,11 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 }
 
 // appendLocal appends the family and the local address and port.
-func appendLocal(b []byte, e *event.Event) []byte {
+func (f *Formatter) appendLocal(b []byte, e *event.Event) []byte {
 	b = append(b, `,"family":"`...)
 	b = append(b, e.Family.String()...)
 	b = append(b, `","laddr":"`...)
-	b = e.LAddr.AppendTo(b)
+	b = f.appendAddr(b, e.LAddr)
 	b = append(b, `","lport":`...)
 	return strconv.AppendUint(b, uint64(e.LPort), 10)
 }

@@ -415,3 +415,22 @@ func TestAppendMillis(t *testing.T) {
 		}
 	}
 }
+
+// TestAddrCache: addresses from the formatter's cache read exactly as
+// AppendTo writes them, as more addresses come than it has slots.
+func TestAddrCache(t *testing.T) {
+	f := Formatter{addrs: new([addrSlots]addrText)}
+	addrs := []netip.Addr{
+		netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("10.1.2.3"), netip.MustParseAddr("::1"),
+		netip.MustParseAddr("fe80::1%eth0"), netip.MustParseAddr("2001:db8::ffff:1:2:3"),
+		netip.MustParseAddr("192.168.0.255"), {}, netip.MustParseAddr("127.0.0.1"),
+	}
+	for round := range 3 {
+		for i, a := range addrs {
+			got := string(f.appendAddr([]byte("x"), a))
+			if want := "x" + string(a.AppendTo(nil)); got != want {
+				t.Fatalf("round %d, address %d: %q, want %q", round, i, got, want)
+			}
+		}
+	}
+}
