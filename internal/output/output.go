@@ -210,17 +210,12 @@ func (f *Formatter) appendTextTime(b []byte, ns int64) []byte {
 func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	b = f.appendTextTime(b, e.Time)
 	b = append(b, ' ')
-	if e.Kind == event.KindLost {
-		b = append(b, "LOST "...)
-		b = strconv.AppendUint(b, e.Lost, 10)
-		b = append(b, " records: the ring buffer was full\n"...)
-		return b
-	}
-	if e.Kind == event.KindGaps {
-		b = append(b, "GAPS "...)
-		b = strconv.AppendUint(b, e.Lost, 10)
-		b = append(b, " sockets changed state unseen: the kernel ran no tracepoint program for some of their changes\n"...)
-		return b
+	switch e.Kind {
+	case event.KindLost:
+		return appendCountText(b, "LOST ", e.Lost, " records: the ring buffer was full\n")
+	case event.KindGaps:
+		return appendCountText(b, "GAPS ", e.Lost,
+			" sockets changed state unseen: the kernel ran no tracepoint program for some of their changes\n")
 	}
 	if e.Kind == event.KindDrop {
 		return appendDropText(b, e)
@@ -319,21 +314,31 @@ func AppendPrintable(b, s []byte) []byte {
 	return b
 }
 
+// appendCountText appends a count record's text: pre, the count, post.
+func appendCountText(b []byte, pre string, n uint64, post string) []byte {
+	b = append(b, pre...)
+	b = strconv.AppendUint(b, n, 10)
+	return append(b, post...)
+}
+
+// appendCountJSON appends a count record (lost, gaps) of type typ.
+func (f *Formatter) appendCountJSON(b []byte, typ string, e *event.Event) []byte {
+	b = append(b, `{"type":"`...)
+	b = append(b, typ...)
+	b = append(b, `","time":"`...)
+	b = f.appendJSONTime(b, e.Time)
+	b = append(b, `","count":`...)
+	b = strconv.AppendUint(b, e.Lost, 10)
+	return append(b, "}\n"...)
+}
+
 // AppendJSON appends one JSON object and a newline for e.
 func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
-	if e.Kind == event.KindLost {
-		b = append(b, `{"type":"lost","time":"`...)
-		b = f.appendJSONTime(b, e.Time)
-		b = append(b, `","count":`...)
-		b = strconv.AppendUint(b, e.Lost, 10)
-		return append(b, "}\n"...)
-	}
-	if e.Kind == event.KindGaps {
-		b = append(b, `{"type":"gaps","time":"`...)
-		b = f.appendJSONTime(b, e.Time)
-		b = append(b, `","count":`...)
-		b = strconv.AppendUint(b, e.Lost, 10)
-		return append(b, "}\n"...)
+	switch e.Kind {
+	case event.KindLost:
+		return f.appendCountJSON(b, "lost", e)
+	case event.KindGaps:
+		return f.appendCountJSON(b, "gaps", e)
 	}
 	if e.Kind == event.KindDrop {
 		return f.appendDropJSON(b, e)
