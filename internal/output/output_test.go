@@ -215,6 +215,43 @@ func TestWriterHeaderOnceAndFlush(t *testing.T) {
 	}
 }
 
+// Records are formatted in the buffered writer's free space: every one must
+// come out whole and in order across its flushes, a long one too.
+func TestWriterAcrossFlushes(t *testing.T) {
+	for _, f := range []Format{JSON, Text} {
+		var got, want bytes.Buffer
+		w := New(&got, f, false, time.UTC)
+		var ref Formatter
+		ref.loc = time.UTC
+		if f == Text {
+			want.WriteString(textHeader)
+		}
+		e := sample()
+		for i := 0; i < 2000; i++ {
+			e.Time += 1000
+			e.LPort = uint16(i)
+			e.CgroupPath = "/"
+			if i%500 == 7 { // longer than the room kept for one record
+				e.CgroupPath = strings.Repeat("/x", 1000)
+			}
+			if err := w.Write(e); err != nil {
+				t.Fatal(err)
+			}
+			if f == JSON {
+				want.Write(ref.AppendJSON(nil, e))
+			} else {
+				want.Write(ref.AppendText(nil, e))
+			}
+		}
+		if err := w.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if got.Len() < 64<<10 || !bytes.Equal(got.Bytes(), want.Bytes()) {
+			t.Fatalf("%v: wrote %d bytes, want the %d bytes formatted one by one", f, got.Len(), want.Len())
+		}
+	}
+}
+
 func TestWriterLineBuffered(t *testing.T) {
 	var buf bytes.Buffer
 	w := New(&buf, JSON, true, nil)
