@@ -139,7 +139,7 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 // otherwise never passes through the scheduler; to the runtime's monitor
 // thread that looks like a goroutine stuck for good: after 10 ms (of one
 // wait, or of one scheduling slice) it takes the P away and goes back to
-// polling every 20 us, which cost a sixth of the tracer's CPU in a
+// polling every 20 us, which cost a fifth of the tracer's CPU in a
 // connection storm. So while records flow no wait lasts that long and the
 // goroutine yields every few milliseconds. When none flow it waits the full
 // drain interval: waking more often would cost more than the monitor does.
