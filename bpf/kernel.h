@@ -166,6 +166,14 @@ struct trace_event_raw_inet_sock_set_state {
 	__u16 protocol;
 } __attribute__((preserve_access_index));
 
+/* Record of a syscalls:sys_exit_* event (struct syscall_trace_exit): its
+ * layout is the events' format files', unchanged since they exist. */
+struct syscall_exit_record {
+	__u64 common;
+	int nr;
+	long ret;
+};
+
 typedef unsigned short umode_t;
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000

@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,11 +15,24 @@ import (
 // picks the local port, so the kernel side holds that change until connect()
 // returns. A non-blocking connect() whose SYN is never answered (the
 // listener's accept queue is full) must still arrive at once, with its port,
-// and not only at the socket's next change (its close, here).
+// and not only at the socket's next change (its close, here). On the
+// syscalls: tracepoints of connect() and accept() too (tracepoints forced),
+// not only on the sys_exit program chosen where tracefs is not mounted.
 func TestSynSentPortAtConnect(t *testing.T) {
 	needRoot(t)
+	t.Run("default", func(t *testing.T) { synSentPortAtConnect(t) })
+	t.Run("tracepoint", func(t *testing.T) {
+		tr := synSentPortAtConnect(t, "--hook-kind", "tracepoint")
+		const want = "connect port, accept owner: tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect (active)"
+		if !strings.Contains(tr.stderrText(), want) {
+			t.Errorf("-v lacks %q:\n%s", want, tr.stderrText())
+		}
+	})
+}
+
+func synSentPortAtConnect(t *testing.T, args ...string) *tracerProc {
 	ns := newNetNS(t)
-	tr := startTracer(t)
+	tr := startTracer(t, append(args, "-v")...)
 	const port = 7313
 	var (
 		fds   []int
@@ -126,4 +140,5 @@ func TestSynSentPortAtConnect(t *testing.T) {
 		t.Fatalf("client socket in state %d, want SYN_SENT (2): the SYN was answered", info.State)
 	}
 	tr.stopClean()
+	return tr
 }

@@ -137,6 +137,13 @@ func TestStateChanges(t *testing.T) {
 			if !strings.Contains(tr.stderrText(), "state changes: "+wantHook+" (active)") {
 				t.Errorf("-v does not name %s as active:\n%s", wantHook, tr.stderrText())
 			}
+			if tc.hook == "tracepoint" {
+				// accept() and connect() on their own syscalls: tracepoints.
+				const h = "connect port, accept owner: tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect (active)"
+				if !strings.Contains(tr.stderrText(), h) {
+					t.Errorf("-v lacks %q:\n%s", h, tr.stderrText())
+				}
+			}
 			if tc.hook == "raw_tp" {
 				// The owner features run on their raw_tp fallbacks too.
 				for _, h := range []string{"forks: raw_tp/sched_process_fork (active)", "exits: raw_tp/sched_process_exit (active)",

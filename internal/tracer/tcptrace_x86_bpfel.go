@@ -214,10 +214,12 @@ const (
 	tcptraceMapNesting         = "nesting"
 	tcptraceMapPendingConnects = "pending_connects"
 	tcptraceMapSocks           = "socks"
+	tcptraceProgAcceptExitTp   = "accept_exit_tp"
 	tcptraceProgAckFentry      = "ack_fentry"
 	tcptraceProgAckFexit       = "ack_fexit"
 	tcptraceProgAckKprobe      = "ack_kprobe"
 	tcptraceProgAckKretprobe   = "ack_kretprobe"
+	tcptraceProgConnectExitTp  = "connect_exit_tp"
 	tcptraceProgExitBtf        = "exit_btf"
 	tcptraceProgExitRaw        = "exit_raw"
 	tcptraceProgForkBtf        = "fork_btf"
@@ -292,10 +294,12 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
+	AcceptExitTp  *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
 	AckFentry     *ebpf.ProgramSpec `ebpf:"ack_fentry"`
 	AckFexit      *ebpf.ProgramSpec `ebpf:"ack_fexit"`
 	AckKprobe     *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
 	AckKretprobe  *ebpf.ProgramSpec `ebpf:"ack_kretprobe"`
+	ConnectExitTp *ebpf.ProgramSpec `ebpf:"connect_exit_tp"`
 	ExitBtf       *ebpf.ProgramSpec `ebpf:"exit_btf"`
 	ExitRaw       *ebpf.ProgramSpec `ebpf:"exit_raw"`
 	ForkBtf       *ebpf.ProgramSpec `ebpf:"fork_btf"`
@@ -422,10 +426,12 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
+	AcceptExitTp  *ebpf.Program `ebpf:"accept_exit_tp"`
 	AckFentry     *ebpf.Program `ebpf:"ack_fentry"`
 	AckFexit      *ebpf.Program `ebpf:"ack_fexit"`
 	AckKprobe     *ebpf.Program `ebpf:"ack_kprobe"`
 	AckKretprobe  *ebpf.Program `ebpf:"ack_kretprobe"`
+	ConnectExitTp *ebpf.Program `ebpf:"connect_exit_tp"`
 	ExitBtf       *ebpf.Program `ebpf:"exit_btf"`
 	ExitRaw       *ebpf.Program `ebpf:"exit_raw"`
 	ForkBtf       *ebpf.Program `ebpf:"fork_btf"`
@@ -454,10 +460,12 @@ type tcptracePrograms struct {
 
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
+		p.AcceptExitTp,
 		p.AckFentry,
 		p.AckFexit,
 		p.AckKprobe,
 		p.AckKretprobe,
+		p.ConnectExitTp,
 		p.ExitBtf,
 		p.ExitRaw,
 		p.ForkBtf,

@@ -165,6 +165,17 @@ func kretprobe(symbol string) func(*ebpf.Program) (link.Link, error) {
 	return func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(symbol, p, nil) }
 }
 
+// syscallExit attaches to the syscalls:event tracepoint, if tracefs is
+// mounted (or may be, with tracepoints forced).
+func (t *Tracer) syscallExit(opts *Options, event string) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) {
+		if err := t.ensureTracefs(opts.MountTracefs && opts.HookKind == "tracepoint"); err != nil {
+			return nil, err
+		}
+		return link.Tracepoint("syscalls", event, p, nil)
+	}
+}
+
 func (t *Tracer) features(opts *Options) []feature {
 	// The kernel skips a classic tracepoint's programs together when one
 	// nests in another (bpf_prog_active): a catch program would go with
@@ -191,6 +202,14 @@ func (t *Tracer) features(opts *Options) []feature {
 		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port, " +
 			"and an accepted socket keeps its listener's owner",
 		candidates: []candidate{
+			// Only the system calls wanted: the programs on sys_exit below
+			// run for every system call on the host. These need tracefs,
+			// mounted for them only when tracepoints are forced (tests).
+			{name: "tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect", kind: "tracepoint", parts: []part{
+				{prog: "accept_exit_tp", attach: t.syscallExit(opts, "sys_exit_accept4")},
+				{prog: "accept_exit_tp", attach: t.syscallExit(opts, "sys_exit_accept")},
+				{prog: "connect_exit_tp", attach: t.syscallExit(opts, "sys_exit_connect")},
+			}},
 			single("tp_btf/sys_exit", "tp_btf", "sys_exit_btf", tpBTF),
 			single("raw_tp/sys_exit", "raw_tp", "sys_exit_raw", rawTracepoint("sys_exit")),
 		},
