@@ -810,6 +810,7 @@ static __always_inline int handle_sys_exit(struct pt_regs *regs, long ret, const
  * The same, on the events of these system calls alone: a program on sys_exit
  * runs for every system call of every process (~140 ns each, measured), the
  * kernel's filter in front of these events costs ~10 ns. They need tracefs.
+ * accept_exit_tp is attached to sys_exit_accept as well.
  */
 SEC("tracepoint/syscalls/sys_exit_accept4")
 int accept_exit_tp(struct syscall_exit_record *ctx)
