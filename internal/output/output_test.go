@@ -3,6 +3,7 @@ package output
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -215,8 +216,8 @@ func TestWriterHeaderOnceAndFlush(t *testing.T) {
 	}
 }
 
-// Records are formatted in the buffered writer's free space: every one must
-// come out whole and in order across its flushes, a long one too.
+// Records are formatted in the writer's buffer and written in blocks: every
+// one must come out whole and in order across them, a long one too.
 func TestWriterAcrossFlushes(t *testing.T) {
 	for _, f := range []Format{JSON, Text} {
 		var got, want bytes.Buffer
@@ -249,6 +250,70 @@ func TestWriterAcrossFlushes(t *testing.T) {
 		if got.Len() < 64<<10 || !bytes.Equal(got.Bytes(), want.Bytes()) {
 			t.Fatalf("%v: wrote %d bytes, want the %d bytes formatted one by one", f, got.Len(), want.Len())
 		}
+	}
+}
+
+// seekRecorder is an output that knows its offset and records every write.
+type seekRecorder struct {
+	bytes.Buffer
+	start  int64
+	writes [][2]int64 // offset and length of each write
+}
+
+func (r *seekRecorder) Write(p []byte) (int, error) {
+	r.writes = append(r.writes, [2]int64{r.start + int64(r.Len()), int64(len(p))})
+	return r.Buffer.Write(p)
+}
+
+func (r *seekRecorder) Seek(offset int64, whence int) (int64, error) {
+	if offset != 0 || whence != io.SeekCurrent {
+		return 0, errors.New("only the current offset")
+	}
+	return r.start + int64(r.Len()), nil
+}
+
+// Full writes end on block boundaries of the output, counted from its
+// offset when the writer was made, whatever the flushes in between left.
+func TestWriterWritesWholeBlocks(t *testing.T) {
+	out := &seekRecorder{start: 1000}
+	w := New(out, JSON, false, time.UTC)
+	var want bytes.Buffer
+	var ref Formatter
+	ref.loc = time.UTC
+	e := sample()
+	fromFlush := map[int]bool{}
+	for i := 0; i < 5000; i++ {
+		e.Time += 1000
+		if err := w.Write(e); err != nil {
+			t.Fatal(err)
+		}
+		want.Write(ref.AppendJSON(nil, e))
+		if i%700 == 699 { // the drain timer
+			n := len(out.writes)
+			if err := w.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			for k := n; k < len(out.writes); k++ {
+				fromFlush[k] = true
+			}
+		}
+	}
+	w.Flush()
+	if !bytes.Equal(out.Bytes(), want.Bytes()) {
+		t.Fatalf("wrote %d bytes, want the %d bytes formatted one by one", out.Len(), want.Len())
+	}
+	full := 0
+	for k, wr := range out.writes[:len(out.writes)-1] {
+		if fromFlush[k] {
+			continue
+		}
+		full++
+		if end := wr[0] + wr[1]; end%blockSize != 0 || wr[1] > blockSize {
+			t.Fatalf("write %d: %d bytes at %d, ends off a %d-byte boundary", k, wr[1], wr[0], blockSize)
+		}
+	}
+	if full < 10 {
+		t.Fatalf("only %d full writes", full)
 	}
 }
 
