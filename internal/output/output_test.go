@@ -536,3 +536,46 @@ func TestAddrCache(t *testing.T) {
 		}
 	}
 }
+
+func TestAppendHexMatchesStrconv(t *testing.T) {
+	vals := []uint64{0, 1, 9, 10, 15, 16, 255, 256, 0xffff88818fb7e5c0, ^uint64(0), 1 << 63}
+	for i := uint64(1); i != 0 && len(vals) < 2000; i = i*3 + 7 {
+		vals = append(vals, i)
+	}
+	for _, v := range vals {
+		if got, want := string(appendHex([]byte("x"), v)), "x"+strconv.FormatUint(v, 16); got != want {
+			t.Fatalf("%#x: %q, want %q", v, got, want)
+		}
+	}
+}
+
+// The namespace is rendered once and reused while it stays the same: a
+// record in another must still carry its own.
+func TestSocketTailAcrossNamespaces(t *testing.T) {
+	var f Formatter
+	f.loc = time.UTC
+	e := sample()
+	for _, ns := range []uint32{4026531833, 4026531833, 7, 0, 4294967295, 4026531833} {
+		e.NetNS = ns
+		var m map[string]any
+		line := f.AppendJSON(nil, e)
+		if err := json.Unmarshal(line, &m); err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		if got := m["netns"].(float64); got != float64(ns) {
+			t.Fatalf("netns %d rendered as %v in %s", ns, got, line)
+		}
+	}
+}
+
+func TestAppendUintMatchesStrconv(t *testing.T) {
+	vals := []uint64{0, 1, 9, 10, 11, 99, 100, 101, 999, 1000, 65535, 4294967295, ^uint64(0)}
+	for i := uint64(1); i != 0 && len(vals) < 2000; i = i*3 + 7 {
+		vals = append(vals, i, i%100000)
+	}
+	for _, v := range vals {
+		if got, want := string(appendUint([]byte("x"), v)), "x"+strconv.FormatUint(v, 10); got != want {
+			t.Fatalf("%d: %q, want %q", v, got, want)
+		}
+	}
+}
