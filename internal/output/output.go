@@ -567,7 +567,8 @@ func (f *Formatter) appendSocketTail(b []byte, e *event.Event) []byte {
 }
 
 // appendUint appends v as strconv.AppendUint(b, v, 10) does, two digits
-// per division and without its layers of calls.
+// per division and without its layers of calls. (appendDigits' loop again:
+// one helper for both cost a JSON record ~20 ns in the benchmark.)
 func appendUint(b []byte, v uint64) []byte {
 	var d [20]byte
 	i := len(d)
