@@ -90,10 +90,11 @@ struct {
 	__type(value, struct owner);
 } listeners SEC(".maps");
 
-/* When each process last forked a new process, and when it exited: one map,
- * so a state change pays one lookup for both. */
+/* When each process last changed hands of its sockets or its name (forked a
+ * new process, or exec'd), and when it exited: one map, so a state change
+ * pays one lookup for both. */
 struct fate {
-	__u64 forked;
+	__u64 changed;
 	__u64 exited;
 };
 
@@ -104,8 +105,8 @@ struct {
 	__type(value, struct fate);
 } fates SEC(".maps");
 
-/* The latest fork or exit noted in fates: an owner recorded after it cannot
- * have forked or exited since, and needs no lookup (a hash lookup was a
+/* The latest fork, exec or exit noted in fates: an owner recorded after it
+ * cannot have changed or exited since, and needs no lookup (a hash lookup was a
  * sixth of a state change's cost). */
 volatile __u64 last_fate_ns;
 
@@ -314,7 +315,7 @@ static __always_inline __u32 owner_flags(const struct owner *o)
 		return 0;
 	if (f->exited > o->since)
 		flags |= EVENT_OWNER_EXITED;
-	if (f->forked > o->since)
+	if (f->changed > o->since)
 		flags |= EVENT_OWNER_UNVERIFIED;
 	return flags;
 }
@@ -839,7 +840,7 @@ int BPF_PROG(sys_exit_raw, struct pt_regs *regs, long ret)
 	return handle_sys_exit(regs, ret, false);
 }
 
-/* Notes that tgid forked a new process now, or exited. */
+/* Notes that tgid forked a new process or exec'd now, or exited. */
 static __always_inline void set_fate(__u32 tgid, bool exited)
 {
 	__u64 now = bpf_ktime_get_ns();
@@ -859,7 +860,7 @@ static __always_inline void set_fate(__u32 tgid, bool exited)
 	if (exited)
 		f->exited = now;
 	else
-		f->forked = now;
+		f->changed = now;
 }
 
 /* A new process (not a thread) shares its parent's open sockets. */
@@ -882,6 +883,30 @@ SEC("raw_tp/sched_process_fork")
 int BPF_PROG(fork_raw, struct task_struct *parent, struct task_struct *child)
 {
 	return handle_fork(parent, child);
+}
+
+/*
+ * A process that exec'd has a new name, and its close-on-exec sockets are
+ * gone. An owner recorded before must be looked up again: a scan can see a
+ * forked child between the close-on-exec (when its parent learns that the exec
+ * went through) and the new name, and this event comes after both.
+ */
+static __always_inline int handle_exec(struct task_struct *p)
+{
+	set_fate(BPF_CORE_READ(p, tgid), false);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(exec_btf, struct task_struct *p)
+{
+	return handle_exec(p);
+}
+
+SEC("raw_tp/sched_process_exec")
+int BPF_PROG(exec_raw, struct task_struct *p)
+{
+	return handle_exec(p);
 }
 
 static __always_inline int handle_exit(struct task_struct *p)

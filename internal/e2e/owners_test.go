@@ -80,7 +80,9 @@ func TestOwnerOfOlderConnection(t *testing.T) {
 }
 
 // TestOwnerAfterFork: the server accepts and forks; the child keeps the
-// socket and the parent closes its copy. The CLOSE_WAIT names the child.
+// socket and the parent closes its copy. The CLOSE_WAIT names the child, by
+// the name it has after an exec. In "exec" the server itself execs (no fork):
+// the socket's owner stays, under its new name.
 func TestOwnerAfterFork(t *testing.T) {
 	needRoot(t)
 	sleep, err := exec.LookPath("sleep")
@@ -90,6 +92,7 @@ func TestOwnerAfterFork(t *testing.T) {
 	for _, tc := range []struct{ name, flag, comm string }{
 		{"fork", "-fork", ""}, // the child runs on as a copy of the server
 		{"fork+exec", "-exec=" + sleep, "sleep"},
+		{"exec", "-become=" + sleep, "sleep"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNetNS(t)
@@ -99,12 +102,22 @@ func TestOwnerAfterFork(t *testing.T) {
 			cli := startRole(t, ns, "client", "-addr", "127.0.0.1:7001", "-hold")
 			cli.expect("connected")
 			srv.expect("accepted")
-			child, err := strconv.Atoi(srv.expect("forked"))
+			var child int
+			if tc.name == "exec" {
+				child, err = strconv.Atoi(srv.expect("becoming"))
+				if err == nil && child != srv.pid() {
+					t.Fatalf("server %d says it is %d", srv.pid(), child)
+				}
+				// The peer closes once the exec is through (the old name is gone).
+				waitComm(t, child, tc.comm)
+			} else {
+				child, err = strconv.Atoi(srv.expect("forked"))
+				srv.wait()
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
 			killLater(t, child)
-			srv.wait()
 
 			cli.send("close")
 			cli.expect("closed")
@@ -122,6 +135,25 @@ func TestOwnerAfterFork(t *testing.T) {
 			}
 			tr.stopClean()
 		})
+	}
+}
+
+// waitComm waits until process pid is named comm.
+func waitComm(t *testing.T, pid int, comm string) {
+	t.Helper()
+	deadline := time.Now().Add(waitLong)
+	for {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+		if err != nil {
+			t.Fatalf("process %d: %v", pid, err)
+		}
+		if strings.TrimSpace(string(b)) == comm {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d is still %q after %v, want %q", pid, strings.TrimSpace(string(b)), waitLong, comm)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

@@ -30,6 +30,7 @@ func runWorkload(role string, args []string) error {
 	hold := fs.Bool("hold", false, "wait for a close line on stdin before closing the connection")
 	forkChild := fs.Bool("fork", false, "server: fork after accept; the child keeps the socket, the parent closes its copy")
 	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
+	become := fs.String("become", "", "server: after accept, exec this program in place of ours (no fork) with the socket as stdin and stdout")
 	serverFirst := fs.Bool("server-first", false, "storm: the server closes first")
 	clients := fs.Int("clients", 1, "storm: connections under way at once (above 1: the server closes first)")
 	backlog := fs.Int("backlog", 1, "backlog1: the listen backlog")
@@ -121,6 +122,19 @@ func runWorkload(role string, args []string) error {
 			ln.Close()
 			fmt.Printf("forked %d\n", cmd.Process.Pid)
 			return nil
+		case *become != "":
+			f, err := c.(*net.TCPConn).File()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("becoming %d\n", os.Getpid())
+			// dup3 without O_CLOEXEC: the copies on 0 and 1 outlive the exec.
+			for _, to := range []int{0, 1} {
+				if err := syscall.Dup3(int(f.Fd()), to, 0); err != nil {
+					return err
+				}
+			}
+			return syscall.Exec(*become, []string{*become, "3600"}, os.Environ())
 		}
 		if _, err := io.Copy(io.Discard, c); err != nil {
 			return err

@@ -70,8 +70,9 @@ type Event struct {
 	PIDs []uint32
 	// OwnerExited: the owner has exited while the socket lingers (an orphan).
 	OwnerExited bool
-	// OwnerUnverified: the owner forked since it was recorded, so the socket
-	// may have moved; the owner resolver clears it.
+	// OwnerUnverified: the owner forked or exec'd since it was recorded, so
+	// the socket may have moved or its owner's name changed; the owner
+	// resolver clears it.
 	OwnerUnverified bool
 
 	Family       Family

@@ -108,9 +108,9 @@ const (
 )
 
 type tcptraceFate struct {
-	_      structs.HostLayout
-	Forked uint64
-	Exited uint64
+	_       structs.HostLayout
+	Changed uint64
+	Exited  uint64
 }
 
 type tcptraceListenCount struct {
@@ -220,6 +220,8 @@ const (
 	tcptraceProgAckKprobe      = "ack_kprobe"
 	tcptraceProgAckKretprobe   = "ack_kretprobe"
 	tcptraceProgConnectExitTp  = "connect_exit_tp"
+	tcptraceProgExecBtf        = "exec_btf"
+	tcptraceProgExecRaw        = "exec_raw"
 	tcptraceProgExitBtf        = "exit_btf"
 	tcptraceProgExitRaw        = "exit_raw"
 	tcptraceProgForkBtf        = "fork_btf"
@@ -300,6 +302,8 @@ type tcptraceProgramSpecs struct {
 	AckKprobe     *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
 	AckKretprobe  *ebpf.ProgramSpec `ebpf:"ack_kretprobe"`
 	ConnectExitTp *ebpf.ProgramSpec `ebpf:"connect_exit_tp"`
+	ExecBtf       *ebpf.ProgramSpec `ebpf:"exec_btf"`
+	ExecRaw       *ebpf.ProgramSpec `ebpf:"exec_raw"`
 	ExitBtf       *ebpf.ProgramSpec `ebpf:"exit_btf"`
 	ExitRaw       *ebpf.ProgramSpec `ebpf:"exit_raw"`
 	ForkBtf       *ebpf.ProgramSpec `ebpf:"fork_btf"`
@@ -432,6 +436,8 @@ type tcptracePrograms struct {
 	AckKprobe     *ebpf.Program `ebpf:"ack_kprobe"`
 	AckKretprobe  *ebpf.Program `ebpf:"ack_kretprobe"`
 	ConnectExitTp *ebpf.Program `ebpf:"connect_exit_tp"`
+	ExecBtf       *ebpf.Program `ebpf:"exec_btf"`
+	ExecRaw       *ebpf.Program `ebpf:"exec_raw"`
 	ExitBtf       *ebpf.Program `ebpf:"exit_btf"`
 	ExitRaw       *ebpf.Program `ebpf:"exit_raw"`
 	ForkBtf       *ebpf.Program `ebpf:"fork_btf"`
@@ -466,6 +472,8 @@ func (p *tcptracePrograms) Close() error {
 		p.AckKprobe,
 		p.AckKretprobe,
 		p.ConnectExitTp,
+		p.ExecBtf,
+		p.ExecRaw,
 		p.ExitBtf,
 		p.ExitRaw,
 		p.ForkBtf,

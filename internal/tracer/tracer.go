@@ -215,11 +215,14 @@ func (t *Tracer) features(opts *Options) []feature {
 		},
 	}
 	forks := feature{
-		name:     "forks",
-		degraded: "a socket handed to a child process keeps naming its parent",
+		name:     "forks, execs",
+		degraded: "a socket handed to a child process keeps naming its parent, and its owner's name from before exec",
 		candidates: []candidate{
-			single("tp_btf/sched_process_fork", "tp_btf", "fork_btf", tpBTF),
-			single("raw_tp/sched_process_fork", "raw_tp", "fork_raw", rawTracepoint("sched_process_fork")),
+			{name: "tp_btf/sched_process_fork,sched_process_exec", kind: "tp_btf", parts: []part{
+				{prog: "fork_btf", attach: tpBTF}, {prog: "exec_btf", attach: tpBTF}}},
+			{name: "raw_tp/sched_process_fork,sched_process_exec", kind: "raw_tp", parts: []part{
+				{prog: "fork_raw", attach: rawTracepoint("sched_process_fork")},
+				{prog: "exec_raw", attach: rawTracepoint("sched_process_exec")}}},
 		},
 	}
 	exits := feature{
