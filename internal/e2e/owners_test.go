@@ -138,6 +138,65 @@ func TestOwnerAfterFork(t *testing.T) {
 	}
 }
 
+// TestOwnerIsAcceptor: one process listens and passes the listener to
+// another (SCM_RIGHTS, keeping its copy, as a prefork master does); the
+// connection is named after the process that accepted it, from the accept on,
+// on each hook kind of the accept owner feature. Nothing forks, so no scan
+// would correct a wrong owner.
+func TestOwnerIsAcceptor(t *testing.T) {
+	needRoot(t)
+	for _, tc := range []struct{ kind, hook string }{
+		{"tracepoint", "tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect"},
+		{"tp_btf", "tp_btf/sys_exit"},
+		{"raw_tp", "raw_tp/sys_exit"},
+	} {
+		t.Run(tc.kind, func(t *testing.T) {
+			ns := newNetNS(t)
+			// The kind forced wherever a feature has it (tracepoint: the
+			// syscalls: tracepoints, with tracefs mounted for them).
+			tr := startTracer(t, "-v", "--hook-kind", tc.kind)
+			if h := "connect port, accept owner: " + tc.hook + " (active)"; !strings.Contains(tr.stderrText(), h) {
+				t.Fatalf("-v lacks %q:\n%s", h, tr.stderrText())
+			}
+			path := t.TempDir() + "/listener.sock"
+			acc := startRole(t, ns, "acceptor", "-unix", path)
+			acc.expect("ready")
+			lis := startRole(t, ns, "passer", "-addr", "127.0.0.1:7001", "-unix", path)
+			lis.expect("passed")
+			cli := startRole(t, ns, "client", "-addr", "127.0.0.1:7001", "-hold")
+			cli.expect("connected")
+			acc.expect("accepted")
+
+			cli.send("close")
+			cli.expect("closed")
+			cli.wait()
+			acc.expect("eof")
+			r := tr.waitFor(ns, "CLOSE_WAIT", into("CLOSE_WAIT", 7001))
+			if r.PID != acc.pid() {
+				t.Errorf("ESTABLISHED->CLOSE_WAIT names pid %d (%s), want the acceptor %d; the listener's owner is %d",
+					r.PID, r.Comm, acc.pid(), lis.pid())
+			}
+			acc.send("close")
+			acc.expect("closed")
+			acc.wait()
+			r = tr.waitFor(ns, "LAST_ACK", into("LAST_ACK", 7001))
+			if r.PID != acc.pid() {
+				t.Errorf("CLOSE_WAIT->LAST_ACK names pid %d (%s), want the acceptor %d", r.PID, r.Comm, acc.pid())
+			}
+			lis.send("close")
+			lis.expect("closed")
+			lis.wait()
+			r = tr.waitFor(ns, "listener CLOSE", func(r record) bool {
+				return r.OldState == "LISTEN" && r.NewState == "CLOSE" && r.LPort == 7001
+			})
+			if r.PID != lis.pid() {
+				t.Errorf("LISTEN->CLOSE names pid %d (%s), want the listener %d", r.PID, r.Comm, lis.pid())
+			}
+			tr.stopClean()
+		})
+	}
+}
+
 // waitComm waits until process pid is named comm.
 func waitComm(t *testing.T, pid int, comm string) {
 	t.Helper()

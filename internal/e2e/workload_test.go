@@ -35,6 +35,7 @@ func runWorkload(role string, args []string) error {
 	clients := fs.Int("clients", 1, "storm: connections under way at once (above 1: the server closes first)")
 	backlog := fs.Int("backlog", 1, "backlog1: the listen backlog")
 	deferredN := fs.Int("deferred", 3, "overflow: clients whose final ACK is held back")
+	unixPath := fs.String("unix", "", "passer, acceptor: the unix socket the listener is passed over")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -146,6 +147,10 @@ func runWorkload(role string, args []string) error {
 		c.Close()
 		ln.Close()
 		fmt.Println("closed")
+	case "passer":
+		return runPasser(in, *network, *addr, *unixPath)
+	case "acceptor":
+		return runAcceptor(in, *unixPath)
 	case "client":
 		// Connect and close first, so the server side sees CLOSE_WAIT.
 		c, err := net.Dial(*network, *addr)
@@ -161,6 +166,82 @@ func runWorkload(role string, args []string) error {
 	default:
 		return fmt.Errorf("unknown role %q", role)
 	}
+	return nil
+}
+
+// runPasser listens and hands the listener to the acceptor over a unix
+// socket (SCM_RIGHTS), keeping its own copy, as a prefork master does.
+func runPasser(in *bufio.Reader, network, addr, path string) error {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		return err
+	}
+	uc, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	if _, _, err := uc.WriteMsgUnix([]byte("ln"), syscall.UnixRights(int(f.Fd())), nil); err != nil {
+		return err
+	}
+	uc.Close()
+	f.Close()
+	fmt.Println("passed")
+	waitLine(in, "close")
+	ln.Close()
+	fmt.Println("closed")
+	return nil
+}
+
+// runAcceptor takes a listener passed over a unix socket, accepts one
+// connection on it and holds it until told to close.
+func runAcceptor(in *bufio.Reader, path string) error {
+	ul, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	uc, err := ul.AcceptUnix()
+	if err != nil {
+		return err
+	}
+	oob := make([]byte, syscall.CmsgSpace(4))
+	_, oobn, _, _, err := uc.ReadMsgUnix(make([]byte, 8), oob)
+	if err != nil {
+		return err
+	}
+	uc.Close()
+	ul.Close()
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		return fmt.Errorf("no listener passed: %d messages, %v", len(msgs), err)
+	}
+	fds, err := syscall.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		return fmt.Errorf("no listener passed: %v, %v", fds, err)
+	}
+	f := os.NewFile(uintptr(fds[0]), "listener")
+	ln, err := net.FileListener(f)
+	if err != nil {
+		return err
+	}
+	f.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	fmt.Println("accepted")
+	if _, err := io.Copy(io.Discard, c); err != nil {
+		return err
+	}
+	fmt.Println("eof")
+	waitLine(in, "close")
+	c.Close()
+	ln.Close()
+	fmt.Println("closed")
 	return nil
 }
 
