@@ -90,9 +90,9 @@ struct {
 	__type(value, struct owner);
 } listeners SEC(".maps");
 
-/* When each process last changed hands of its sockets or its name (forked a
- * new process, or exec'd), and when it exited: one map, so a state change
- * pays one lookup for both. */
+/* When each process last forked a new process or exec'd (either may change
+ * who holds its sockets, or its name), and when it exited: one map, so a state
+ * change pays one lookup for both. */
 struct fate {
 	__u64 changed;
 	__u64 exited;
