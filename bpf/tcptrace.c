@@ -396,15 +396,24 @@ static __always_inline bool flush_stale(__u64 skaddr)
 }
 
 /*
- * A socket found no entry of its own yet one is there: an earlier socket at
+ * A socket found no entry of its own yet one is there: an earlier life at
  * this address whose final CLOSE no program saw. Its held event goes out; a
  * new life's start counts the old one's unseen end. fresh replaces it.
  */
-static __always_inline void reborn(__u64 skaddr, struct sock_info *fresh, bool born)
+static __always_inline void reborn(const struct sock *sk, __u64 skaddr, struct sock_info *fresh, bool born,
+				   const bool btf)
 {
 	struct sock_info *old = bpf_map_lookup_elem(&socks, &skaddr);
 	if (old) {
-		if (old->held)
+		struct event *e = old->held ? bpf_map_lookup_elem(&pending_connects, &skaddr) : NULL;
+		/* A connect() whose exit was missed (it migrated) still waits for
+		 * its port. Unbound at its new life's start (CLOSE->SYN_SENT comes
+		 * before the new port is picked), a socket that connects again still
+		 * holds its previous life's port in inet_sport; a new socket at this
+		 * address holds 0 there. */
+		if (e && !e->lport && !bound_port(sk, btf))
+			e->lport = bpf_ntohs(BPF_CORE_READ((const struct inet_sock *)sk, inet_sport));
+		if (e)
 			flush_stale(skaddr);
 		if (born && old->traced && old->state && old->state != TCP_CLOSE)
 			count_in(&gaps);
@@ -569,7 +578,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	if (newstate == TCP_CLOSE)
 		bpf_map_delete_elem(&socks, &skaddr);
 	else if (si == &fresh && bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_NOEXIST))
-		reborn(skaddr, &fresh, born);
+		reborn(sk, skaddr, &fresh, born, btf);
 
 	if (!wanted)
 		return 0;

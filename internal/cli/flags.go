@@ -53,6 +53,9 @@ type Config struct {
 	UnseenState tcpstate.State
 	// NoMountTracefs forbids mounting tracefs for the classic-tracepoint fallback.
 	NoMountTracefs bool
+	// Without names an optional feature to leave out (hidden; tests of the
+	// degraded paths), "" for none.
+	Without string
 }
 
 // StateMask is the BPF filter bit set for the --state list (0: all states).
@@ -90,6 +93,8 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.MarkHidden("hook-kind")
 	fs.StringVar(&raw.unseen, "test-unseen-state", "", "tests: the kernel side ignores changes into this state")
 	fs.MarkHidden("test-unseen-state")
+	fs.StringVar(&c.Without, "test-without", "", "tests: leave out this optional feature (as -v names it)")
+	fs.MarkHidden("test-without")
 	return fs
 }
 

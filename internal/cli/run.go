@@ -93,6 +93,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		EmitStates:   cfg.EmitStates,
 		EmitDrops:    cfg.EmitDrops,
 		UnseenState:  uint8(cfg.UnseenState),
+		Without:      cfg.Without,
 	}, cfg.Verbose, stderr)
 	if err != nil {
 		return err

@@ -49,6 +49,9 @@ type Options struct {
 	// UnseenState, for tests, makes the state programs ignore changes into
 	// this state as if the kernel never ran them (0: none).
 	UnseenState uint8
+	// Without, for tests, names an optional feature to leave out, as on a
+	// kernel that has none of its hooks ("": none).
+	Without string
 }
 
 // DefaultRingBytes holds about 80,000 state changes.
@@ -176,7 +179,7 @@ func (t *Tracer) syscallExit(opts *Options, event string) func(*ebpf.Program) (l
 	}
 }
 
-func (t *Tracer) features(opts *Options) []feature {
+func (t *Tracer) features(opts *Options) ([]feature, error) {
 	// The kernel skips a classic tracepoint's programs together when one
 	// nests in another (bpf_prog_active): a catch program would go with
 	// the state program, so there is none.
@@ -333,7 +336,16 @@ func (t *Tracer) features(opts *Options) []feature {
 			}
 		}
 	}
-	return fs
+	if opts.Without != "" {
+		i := slices.IndexFunc(fs, func(f feature) bool { return f.name == opts.Without })
+		if i < 0 || fs[i].required {
+			return nil, fmt.Errorf("cannot leave out %q: not an optional feature here", opts.Without)
+		}
+		for j := range fs[i].candidates {
+			fs[i].candidates[j].unusable = errors.New("left out for a test")
+		}
+	}
+	return fs, nil
 }
 
 func ofKind(cs []candidate, kind string) []candidate {
@@ -422,7 +434,11 @@ func New(opts Options) (_ *Tracer, err error) {
 		return nil, err
 	}
 
-	for _, f := range t.features(&opts) {
+	fs, err := t.features(&opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range fs {
 		if err := t.attachFeature(spec, f); err != nil {
 			return nil, err
 		}
