@@ -104,7 +104,10 @@ func runCloseWait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		CloseWaitUsage(stdout)
 		return nil
 	}
-	tr, err := openTracer(tracer.Options{StateMask: 1 << tcpstate.CloseWait, EmitStates: true}, cfg.Verbose, stderr)
+	// Changes out of CLOSE_WAIT too: they end a socket's date, which no scan
+	// can (a socket in an accept queue is in no process's descriptors).
+	tr, err := openTracer(tracer.Options{StateMask: 1 << tcpstate.CloseWait, OldStateMask: 1 << tcpstate.CloseWait,
+		EmitStates: true}, cfg.Verbose, stderr)
 	if err != nil {
 		return err
 	}

@@ -24,6 +24,9 @@ import (
 type Tracker struct {
 	entered map[uint64]uint64 // sock -> CLOCK_MONOTONIC ns it entered CLOSE_WAIT
 	start   uint64            // when tracing started
+	// A record was lost or a change went unseen: some socket may have left
+	// CLOSE_WAIT without the stream saying so.
+	unsure bool
 }
 
 // NewTracker starts tracking at start (CLOCK_MONOTONIC ns).
@@ -31,9 +34,12 @@ func NewTracker(start uint64) *Tracker {
 	return &Tracker{entered: map[uint64]uint64{}, start: start}
 }
 
-// Observe takes a state change from the stream.
+// Observe takes a record from the stream: it needs the changes into and out
+// of CLOSE_WAIT, and the reports of lost records.
 func (t *Tracker) Observe(e *event.Event) {
 	switch {
+	case e.Kind == event.KindLost || e.Kind == event.KindGaps:
+		t.unsure = true
 	case e.Kind != event.KindState:
 	case e.NewState == tcpstate.CloseWait:
 		t.entered[e.Sock] = e.Mono
@@ -66,11 +72,18 @@ func (t *Tracker) AgeOf(h *owner.Holder, now uint64) Age {
 	return Age{D: time.Duration(now - from)}
 }
 
-// Forget drops sockets no longer in CLOSE_WAIT: live holds those a scan
-// taken at now found there. A socket that entered after the scan is kept:
-// its absence proves nothing (the scan is shown a drain later, and entries
-// observed meanwhile must still date the next one).
+// Forget drops sockets no longer in CLOSE_WAIT after records were lost:
+// live holds those a scan taken at now found there. Without a loss the
+// stream's changes out of CLOSE_WAIT keep the dates right, and a socket a
+// scan does not find may still be in CLOSE_WAIT: one waiting in a listener's
+// accept queue has no descriptor yet, and keeps its date for when it is
+// accepted. A socket that entered after the scan is kept too (the scan is
+// shown a drain later; its absence proves nothing).
 func (t *Tracker) Forget(live map[uint64]bool, now uint64) {
+	if !t.unsure {
+		return
+	}
+	t.unsure = false
 	for sock, at := range t.entered {
 		if !live[sock] && at <= now {
 			delete(t.entered, sock)

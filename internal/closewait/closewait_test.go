@@ -61,14 +61,38 @@ func TestReportRanksAndAges(t *testing.T) {
 func TestSocketLeavingIsForgotten(t *testing.T) {
 	tr := NewTracker(0)
 	tr.Observe(&event.Event{Kind: event.KindState, Sock: 2, Mono: 5 * sec, NewState: tcpstate.CloseWait})
-	tr.Observe(&event.Event{Kind: event.KindState, Sock: 3, Mono: 6 * sec, NewState: tcpstate.CloseWait})
 	tr.Observe(&event.Event{Kind: event.KindState, Sock: 2, Mono: 7 * sec, OldState: tcpstate.CloseWait, NewState: tcpstate.LastAck})
 	if _, ok := tr.entered[2]; ok {
 		t.Fatal("a socket that left CLOSE_WAIT is still dated")
 	}
-	tr.Report(nil, 8*sec, Filter{}) // socket 3 is not in the scan any more
-	if len(tr.entered) != 0 {
-		t.Fatalf("entries kept for sockets no scan sees: %v", tr.entered)
+}
+
+// A socket enters CLOSE_WAIT in a listener's accept queue: no process holds
+// it, so a scan does not find it; accepted later, it still has its exact age.
+func TestQueuedSocketKeepsItsAge(t *testing.T) {
+	tr := NewTracker(0)
+	tr.Observe(&event.Event{Kind: event.KindState, Sock: 3, Mono: 6 * sec, NewState: tcpstate.CloseWait})
+	if procs := tr.Report(nil, 8*sec, Filter{}); len(procs) != 0 {
+		t.Fatalf("report with no holders: %+v", procs)
+	}
+	procs := tr.Report([]owner.Holder{fd(3, 10, "node", 3000, "10.0.0.9", 6379, tcpstate.CloseWait)}, 9*sec, Filter{})
+	if len(procs) != 1 || procs[0].Sockets[0].Age != (Age{D: 3 * time.Second, Known: true}) {
+		t.Fatalf("accepted after a scan: %+v, want exactly 3s", procs)
+	}
+}
+
+// After a loss a change out of CLOSE_WAIT may have gone unseen: the next
+// scan is the truth, and dates of sockets it does not find are dropped.
+func TestLossForgetsUnseenSockets(t *testing.T) {
+	for _, kind := range []event.Kind{event.KindLost, event.KindGaps} {
+		tr := NewTracker(0)
+		tr.Observe(&event.Event{Kind: event.KindState, Sock: 2, Mono: 5 * sec, NewState: tcpstate.CloseWait})
+		tr.Observe(&event.Event{Kind: event.KindState, Sock: 3, Mono: 6 * sec, NewState: tcpstate.CloseWait})
+		tr.Observe(&event.Event{Kind: kind, Lost: 1})
+		tr.Report([]owner.Holder{fd(3, 10, "node", 3000, "10.0.0.9", 6379, tcpstate.CloseWait)}, 8*sec, Filter{})
+		if _, ok := tr.entered[2]; ok || len(tr.entered) != 1 {
+			t.Fatalf("kind %v: after a loss, dates kept for sockets no scan sees: %v", kind, tr.entered)
+		}
 	}
 }
 

@@ -222,9 +222,7 @@ func TestCloseWaitLive(t *testing.T) {
 	case <-time.After(waitLong):
 		t.Fatal("closewait not ready")
 	}
-	const n = 20
-	lk := startLeak(t, ns, 7053, n)
-	next := func(want func(cwProcess) bool) cwProcess {
+	nextOf := func(pid int, want func(cwProcess) bool) cwProcess {
 		t.Helper()
 		deadline := time.After(waitLong)
 		for {
@@ -233,7 +231,7 @@ func TestCloseWaitLive(t *testing.T) {
 				if !ok {
 					t.Fatal("closewait exited")
 				}
-				if p.PID == lk.pid() && want(p) {
+				if p.PID == pid && want(p) {
 					return p
 				}
 			case <-deadline:
@@ -241,6 +239,32 @@ func TestCloseWaitLive(t *testing.T) {
 			}
 		}
 	}
+	// A marker process shows in every refresh, so the test knows one passed.
+	marker := startLeak(t, ns, 7054, 1)
+	// A refresh shown after since, and the one after it: that one's scan
+	// was surely taken after since.
+	refreshAfter := func(since time.Time) {
+		t.Helper()
+		shown := func(p cwProcess) time.Time { at, _ := time.Parse(time.RFC3339Nano, p.Time); return at }
+		a := nextOf(marker.pid(), func(p cwProcess) bool { return shown(p).After(since) })
+		nextOf(marker.pid(), func(p cwProcess) bool { return shown(p).After(shown(a)) })
+	}
+	// The leaker's connections enter CLOSE_WAIT in its accept queue, where no
+	// process holds them, and wait there across a refresh before the accepts:
+	// their ages must still be exact.
+	const n = 20
+	addr := "127.0.0.1:7053"
+	lk := startRole(t, ns, "leaker", "-addr", addr, "-n", strconv.Itoa(n), "-hold")
+	lk.expect("listening")
+	cl := startRole(t, ns, "clients", "-addr", addr, "-n", strconv.Itoa(n))
+	cl.expect("done")
+	cl.wait()
+	refreshAfter(time.Now())
+	lk.send("accept")
+	if got := lk.expect("held"); got != strconv.Itoa(n) {
+		t.Fatalf("leaker holds %s, want %d", got, n)
+	}
+	next := func(want func(cwProcess) bool) cwProcess { t.Helper(); return nextOf(lk.pid(), want) }
 	first := next(func(p cwProcess) bool { return p.Count == n })
 	for _, s := range first.Sockets {
 		if s.Age == nil {

@@ -27,7 +27,7 @@ func runWorkload(role string, args []string) error {
 	addr := fs.String("addr", "", "address to listen on or connect to")
 	wait := fs.Bool("wait", false, "wait for a go line on stdin")
 	count := fs.Int("n", 1, "connections (storm)")
-	hold := fs.Bool("hold", false, "wait for a close line on stdin before closing the connection")
+	hold := fs.Bool("hold", false, "wait for a close line on stdin before closing the connection; leaker: for an accept line before accepting")
 	forkChild := fs.Bool("fork", false, "server: fork after accept; the child keeps the socket, the parent closes its copy")
 	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
 	become := fs.String("become", "", "server: after accept, exec this program in place of ours (no fork) with the socket as stdin and stdout")
@@ -70,7 +70,7 @@ func runWorkload(role string, args []string) error {
 	case "synburst":
 		return runSynBurst(*addr, *count)
 	case "leaker":
-		return runLeaker(in, *network, *addr, *count)
+		return runLeaker(in, *network, *addr, *count, *hold)
 	case "clients":
 		for i := 0; i < *count; i++ {
 			c, err := net.Dial(*network, *addr)
@@ -507,12 +507,15 @@ func runOverflow(addr string, n, nDeferred int) error {
 // them: once each peer has closed, all n sit in CLOSE_WAIT. Commands on
 // stdin: "close K" closes K of them, "fork" hands them all to a forked child,
 // "exec PROG" hands one to PROG as its stdin and stdout.
-func runLeaker(in *bufio.Reader, network, addr string, n int) error {
+func runLeaker(in *bufio.Reader, network, addr string, n int, queue bool) error {
 	ln, err := net.Listen(network, addr)
 	if err != nil {
 		return err
 	}
 	fmt.Println("listening")
+	if queue { // the connections wait in the accept queue till told
+		waitLine(in, "accept")
+	}
 	var held []net.Conn
 	for len(held) < n {
 		c, err := ln.Accept()
