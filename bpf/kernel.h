@@ -230,6 +230,7 @@ struct task_struct {
 	char comm[16];
 	struct files_struct *files;
 	struct css_set *cgroups;
+	struct task_struct *group_leader;
 } __attribute__((preserve_access_index));
 
 struct seq_file;

@@ -918,6 +918,34 @@ int BPF_PROG(exec_raw, struct task_struct *p)
 	return handle_exec(p);
 }
 
+/*
+ * A process's name changes: at exec, or its main thread's PR_SET_NAME. This
+ * runs just before the new name is stored, so a scan that read the old name
+ * is older than the mark. (sched_process_exec comes only at the exec's end:
+ * a change in between would name the old name, though the kernel has the new.)
+ * Other threads' names are not the process's: skipped, or every thread a
+ * Java pool names would send owners to be looked up again.
+ */
+static __always_inline int handle_rename(struct task_struct *task)
+{
+	if (BPF_CORE_READ(task, group_leader) != task)
+		return 0;
+	set_fate(BPF_CORE_READ(task, tgid), false);
+	return 0;
+}
+
+SEC("tp_btf/task_rename")
+int BPF_PROG(rename_btf, struct task_struct *task, const char *comm)
+{
+	return handle_rename(task);
+}
+
+SEC("raw_tp/task_rename")
+int BPF_PROG(rename_raw, struct task_struct *task, const char *comm)
+{
+	return handle_rename(task);
+}
+
 static __always_inline int handle_exit(struct task_struct *p)
 {
 	__u32 tgid = BPF_CORE_READ(p, tgid);

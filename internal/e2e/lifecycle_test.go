@@ -20,7 +20,7 @@ import (
 func ourPrograms(t *testing.T, after ebpf.ProgramID) map[ebpf.ProgramID]string {
 	t.Helper()
 	names := map[string]bool{"state_btf": true, "state_raw": true, "state_tp": true,
-		"sys_exit_btf": true, "sys_exit_raw": true, "fork_btf": true, "fork_raw": true, "exec_btf": true, "exec_raw": true,
+		"sys_exit_btf": true, "sys_exit_raw": true, "fork_btf": true, "fork_raw": true, "exec_btf": true, "exec_raw": true, "rename_btf": true, "rename_raw": true,
 		"exit_btf": true, "exit_raw": true, "scan_socks": true}
 	out := map[ebpf.ProgramID]string{}
 	for id := after; ; {
@@ -83,9 +83,9 @@ func TestCleanExit(t *testing.T) {
 			base := lastProgramID(t)
 			tr := startTracer(t)
 			progs := ourPrograms(t, base)
-			// One program per hook: state changes, syscall exits, forks, execs, exits, the scan.
-			if len(progs) != 6 {
-				t.Fatalf("while tracing, found programs %v, want one for each of the 6 hooks", progs)
+			// One program per hook: state changes, syscall exits, forks, execs, renames, exits, the scan.
+			if len(progs) != 7 {
+				t.Fatalf("while tracing, found programs %v, want one for each of the 7 hooks", progs)
 			}
 			if n := linksTo(t, progs); n != len(progs) {
 				t.Fatalf("while tracing, %d links for %d programs", n, len(progs))
@@ -254,7 +254,7 @@ func TestHooksChosen(t *testing.T) {
 			t.Logf("%-28s none: %s", feature+":", why)
 		}
 	}
-	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "exits", "connect port, accept owner", "listener drop counters"} {
+	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "renames", "exits", "connect port, accept owner", "listener drop counters"} {
 		if active[f] == "" {
 			t.Errorf("no active hook for %s:\n%s", f, stderr)
 		}

@@ -82,7 +82,7 @@ func TestOwnerOfOlderConnection(t *testing.T) {
 // TestOwnerAfterFork: the server accepts and forks; the child keeps the
 // socket and the parent closes its copy. The CLOSE_WAIT names the child, by
 // the name it has after an exec. In "exec" the server itself execs (no fork):
-// the socket's owner stays, under its new name.
+// the socket's owner stays, under its new name; in "rename" it renames itself.
 func TestOwnerAfterFork(t *testing.T) {
 	needRoot(t)
 	sleep, err := exec.LookPath("sleep")
@@ -93,17 +93,26 @@ func TestOwnerAfterFork(t *testing.T) {
 		{"fork", "-fork", ""}, // the child runs on as a copy of the server
 		{"fork+exec", "-exec=" + sleep, "sleep"},
 		{"exec", "-become=" + sleep, "sleep"},
+		// No fork, no exec: the main thread takes a new name (as a server
+		// sets its title); the next change names it so. (-hold: the server
+		// keeps the socket till killed, as the other cases' holders do.)
+		{"rename", "-rename=renamed -hold", "renamed"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := newNetNS(t)
 			tr := startTracer(t)
-			srv := startRole(t, ns, "server", "-addr", "127.0.0.1:7001", tc.flag)
+			srv := startRole(t, ns, "server", append([]string{"-addr", "127.0.0.1:7001"}, strings.Fields(tc.flag)...)...)
 			srv.expect("listening")
 			cli := startRole(t, ns, "client", "-addr", "127.0.0.1:7001", "-hold")
 			cli.expect("connected")
 			srv.expect("accepted")
 			var child int
-			if tc.name == "exec" {
+			if tc.name == "rename" {
+				child, err = strconv.Atoi(srv.expect("renamed"))
+				if err == nil && child != srv.pid() {
+					t.Fatalf("server %d says it is %d", srv.pid(), child)
+				}
+			} else if tc.name == "exec" {
 				child, err = strconv.Atoi(srv.expect("becoming"))
 				if err == nil && child != srv.pid() {
 					t.Fatalf("server %d says it is %d", srv.pid(), child)

@@ -146,7 +146,7 @@ func TestStateChanges(t *testing.T) {
 			}
 			if tc.hook == "raw_tp" {
 				// The owner features run on their raw_tp fallbacks too.
-				for _, h := range []string{"forks, execs: raw_tp/sched_process_fork,sched_process_exec (active)", "exits: raw_tp/sched_process_exit (active)",
+				for _, h := range []string{"forks, execs: raw_tp/sched_process_fork,sched_process_exec (active)", "renames: raw_tp/task_rename (active)", "exits: raw_tp/sched_process_exit (active)",
 					"connect port, accept owner: raw_tp/sys_exit (active)"} {
 					if !strings.Contains(tr.stderrText(), h) {
 						t.Errorf("-v lacks %q:\n%s", h, tr.stderrText())

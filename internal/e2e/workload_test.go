@@ -31,6 +31,7 @@ func runWorkload(role string, args []string) error {
 	forkChild := fs.Bool("fork", false, "server: fork after accept; the child keeps the socket, the parent closes its copy")
 	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
 	become := fs.String("become", "", "server: after accept, exec this program in place of ours (no fork) with the socket as stdin and stdout")
+	rename := fs.String("rename", "", "server: after accept, take this process name (as prctl(PR_SET_NAME) on the main thread)")
 	serverFirst := fs.Bool("server-first", false, "storm: the server closes first")
 	clients := fs.Int("clients", 1, "storm: connections under way at once (above 1: the server closes first)")
 	backlog := fs.Int("backlog", 1, "backlog1: the listen backlog")
@@ -136,6 +137,12 @@ func runWorkload(role string, args []string) error {
 				}
 			}
 			return syscall.Exec(*become, []string{*become, "3600"}, os.Environ())
+		case *rename != "":
+			// /proc/self is the main thread's, whichever thread writes.
+			if err := os.WriteFile("/proc/self/comm", []byte(*rename), 0); err != nil {
+				return err
+			}
+			fmt.Printf("renamed %d\n", os.Getpid())
 		}
 		if _, err := io.Copy(io.Discard, c); err != nil {
 			return err

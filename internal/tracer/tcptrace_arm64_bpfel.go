@@ -230,6 +230,8 @@ const (
 	tcptraceProgOtherReason    = "other_reason"
 	tcptraceProgOtherRxSk      = "other_rx_sk"
 	tcptraceProgPollListeners  = "poll_listeners"
+	tcptraceProgRenameBtf      = "rename_btf"
+	tcptraceProgRenameRaw      = "rename_raw"
 	tcptraceProgScanSocks      = "scan_socks"
 	tcptraceProgStateBtf       = "state_btf"
 	tcptraceProgStateBtfCatch  = "state_btf_catch"
@@ -312,6 +314,8 @@ type tcptraceProgramSpecs struct {
 	OtherReason   *ebpf.ProgramSpec `ebpf:"other_reason"`
 	OtherRxSk     *ebpf.ProgramSpec `ebpf:"other_rx_sk"`
 	PollListeners *ebpf.ProgramSpec `ebpf:"poll_listeners"`
+	RenameBtf     *ebpf.ProgramSpec `ebpf:"rename_btf"`
+	RenameRaw     *ebpf.ProgramSpec `ebpf:"rename_raw"`
 	ScanSocks     *ebpf.ProgramSpec `ebpf:"scan_socks"`
 	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
 	StateBtfCatch *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
@@ -446,6 +450,8 @@ type tcptracePrograms struct {
 	OtherReason   *ebpf.Program `ebpf:"other_reason"`
 	OtherRxSk     *ebpf.Program `ebpf:"other_rx_sk"`
 	PollListeners *ebpf.Program `ebpf:"poll_listeners"`
+	RenameBtf     *ebpf.Program `ebpf:"rename_btf"`
+	RenameRaw     *ebpf.Program `ebpf:"rename_raw"`
 	ScanSocks     *ebpf.Program `ebpf:"scan_socks"`
 	StateBtf      *ebpf.Program `ebpf:"state_btf"`
 	StateBtfCatch *ebpf.Program `ebpf:"state_btf_catch"`
@@ -482,6 +488,8 @@ func (p *tcptracePrograms) Close() error {
 		p.OtherReason,
 		p.OtherRxSk,
 		p.PollListeners,
+		p.RenameBtf,
+		p.RenameRaw,
 		p.ScanSocks,
 		p.StateBtf,
 		p.StateBtfCatch,

@@ -228,6 +228,14 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 				{prog: "exec_raw", attach: rawTracepoint("sched_process_exec")}}},
 		},
 	}
+	renames := feature{
+		name:     "renames",
+		degraded: "a change in the moment between an exec's new name and the exec's end names the old name",
+		candidates: []candidate{
+			single("tp_btf/task_rename", "tp_btf", "rename_btf", tpBTF),
+			single("raw_tp/task_rename", "raw_tp", "rename_raw", rawTracepoint("task_rename")),
+		},
+	}
 	exits := feature{
 		name:     "exits",
 		degraded: "owner_exited is never set",
@@ -323,7 +331,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	}
 	// The scan comes first: owners of existing sockets are recorded before
 	// the state hooks start reading them.
-	fs := []feature{scan, forks, exits, sysExit, states, polls}
+	fs := []feature{scan, forks, renames, exits, sysExit, states, polls}
 	if opts.EmitDrops {
 		fs = append(fs, drops, others)
 	}
