@@ -126,6 +126,12 @@ func TestOwnerAfterFork(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if tc.name == "fork+exec" {
+				// The server reports the child once its exec has closed the
+				// close-on-exec descriptors, which may be before the exec
+				// stores the new name: till then the old name is the right one.
+				waitComm(t, child, tc.comm)
+			}
 			killLater(t, child)
 
 			cli.send("close")
