@@ -154,6 +154,9 @@ func TestCloseWaitHeldByChildren(t *testing.T) {
 	lk.send("exec " + sleep)
 	execd, _ := strconv.Atoi(lk.expect("forked"))
 	killLater(t, execd)
+	// "forked" comes once the exec closed its close-on-exec pipe, which may
+	// be before the exec stores the new name.
+	waitComm(t, execd, "sleep")
 	rows := closeWaitOnce(t)
 	if rows[execd].Count != 1 || rows[execd].Comm != "sleep" || rows[lk.pid()].Count != n-1 {
 		t.Fatalf("after exec: sleep %+v, leaker %+v", rows[execd], rows[lk.pid()])
