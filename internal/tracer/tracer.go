@@ -230,7 +230,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	}
 	renames := feature{
 		name:     "renames",
-		degraded: "a change in the moment between an exec's new name and the exec's end names the old name",
+		degraded: "a process that renames itself keeps its old name until its socket's owner is looked up again, as does one in the moment between an exec's new name and the exec's end",
 		candidates: []candidate{
 			single("tp_btf/task_rename", "tp_btf", "rename_btf", tpBTF),
 			single("raw_tp/task_rename", "raw_tp", "rename_raw", rawTracepoint("task_rename")),
