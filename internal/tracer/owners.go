@@ -98,3 +98,25 @@ func Mono() uint64 {
 	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	return uint64(ts.Nano())
 }
+
+// SocketEntries counts the entries of m, a socks map (the kernel side's
+// table of sockets): all of them, and those of sockets not closed. A closed
+// socket's entry stays for the next socket at its address, so only the open
+// ones say whether state is left behind.
+func SocketEntries(m *ebpf.Map) (open, all int, err error) {
+	var (
+		key uint64
+		si  tcptraceSockInfo
+	)
+	it := m.Iterate()
+	for it.Next(&key, &si) {
+		all++
+		if tcpstate.State(si.State) != tcpstate.Close {
+			open++
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, 0, fmt.Errorf("read BPF map socks: %w", err)
+	}
+	return open, all, nil
+}
