@@ -338,6 +338,12 @@ func (p *proc) send(line string) {
 // expect waits for the next line and checks its first word; it returns the rest.
 func (p *proc) expect(word string) string {
 	p.t.Helper()
+	return p.expectWithin(word, waitLong)
+}
+
+// expectWithin is expect with a time limit of its own, for long workloads.
+func (p *proc) expectWithin(word string, limit time.Duration) string {
+	p.t.Helper()
 	select {
 	case line, ok := <-p.lines:
 		if !ok {
@@ -348,8 +354,8 @@ func (p *proc) expect(word string) string {
 			p.t.Fatalf("%s said %q, want %q", p.role, line, word)
 		}
 		return strings.TrimSpace(strings.TrimPrefix(line, word))
-	case <-time.After(waitLong):
-		p.t.Fatalf("%s: no %q within %v", p.role, word, waitLong)
+	case <-time.After(limit):
+		p.t.Fatalf("%s: no %q within %v", p.role, word, limit)
 	}
 	return ""
 }
