@@ -72,7 +72,8 @@ struct {
  * address to take over in place: the slab hands freed addresses out again at
  * once, and a lookup there costs much less than a delete at every CLOSE and an
  * insert at every birth (~180 ns per state change in a connection storm). The
- * LRU bounds them, and whatever else is missed. */
+ * sweep (sweep_socks) deletes those not taken over within a second; the LRU
+ * bounds whatever is missed. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 131072);
@@ -108,6 +109,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct fate);
 } fates SEC(".maps");
+
+/* Set by the loader once the sweep of closed sockets' entries is attached;
+ * until then (or without it) an entry goes at its socket's final CLOSE. */
+volatile __u8 keep_closed;
+
+/* A closed socket's entry older than this goes at the next sweep. */
+#define CLOSED_KEEP_NS 1000000000ULL
 
 /* The latest fork, exec or exit noted in fates: an owner recorded after it
  * cannot have changed or exited since, and needs no lookup (a hash lookup was a
@@ -581,8 +589,12 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	if (was_held && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV || newstate == TCP_CLOSE))
 		flush_pending(sk, skaddr, btf);
 
-	if (si == &fresh && newstate != TCP_CLOSE)
+	if (newstate == TCP_CLOSE) {
+		if (si != &fresh && !keep_closed)
+			bpf_map_delete_elem(&socks, &skaddr);
+	} else if (si == &fresh) {
 		bpf_map_update_elem(&socks, &skaddr, &fresh, BPF_ANY);
+	}
 
 	if (!wanted)
 		return 0;
@@ -969,6 +981,26 @@ SEC("raw_tp/sched_process_exit")
 int BPF_PROG(exit_raw, struct task_struct *p)
 {
 	return handle_exit(p);
+}
+
+/*
+ * Deletes the entries of sockets closed over a second ago that no new socket
+ * took over: kept, they would in time fill the LRU, which then evicts the
+ * entries least recently touched, those of long-lived sockets among them.
+ * The tracer runs it about once a second.
+ */
+SEC("iter/bpf_map_elem")
+int sweep_socks(struct bpf_iter__bpf_map_elem *ctx)
+{
+	__u64 *key = ctx->key;
+	struct sock_info *si = ctx->value;
+	if (!key || !si)
+		return 0;
+	if (si->state == TCP_CLOSE && bpf_ktime_get_ns() - si->state_ts >= CLOSED_KEEP_NS) {
+		__u64 k = *key;
+		bpf_map_delete_elem(&socks, &k);
+	}
+	return 0;
 }
 
 /* Every TCP socket file descriptor of every process: the snapshot of owners. */

@@ -263,7 +263,7 @@ func TestHooksChosen(t *testing.T) {
 			t.Logf("%-28s none: %s", feature+":", why)
 		}
 	}
-	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "renames", "exits", "connect port, accept owner", "listener drop counters"} {
+	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "renames", "exits", "connect port, accept owner", "listener drop counters", "closed socket sweep"} {
 		if active[f] == "" {
 			t.Errorf("no active hook for %s:\n%s", f, stderr)
 		}

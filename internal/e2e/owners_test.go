@@ -364,9 +364,28 @@ func TestOwnerStateStaysBounded(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	rssEnd := anonKiB(t, tr.cmd.Process.Pid)
 	peak := procStatusKiB(t, tr.cmd.Process.Pid, "VmHWM")
-	socks, socksAll, err := tracer.SocketEntries(newestMap(t, "socks"))
+	stormEnd := tracer.Mono()
+	socksMap := newestMap(t, "socks")
+	socks, closed, socksAll, err := tracer.SocketEntries(socksMap, stormEnd)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Closed sockets' entries stay for the next socket at their address,
+	// until the sweep (about every second) finds them closed over a second:
+	// none of the storm's may be left 3 s after it.
+	var sweepLeft int
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		time.Sleep(500 * time.Millisecond)
+		if tracer.Mono() < stormEnd+uint64(3*time.Second) {
+			continue
+		}
+		_, left, _, err := tracer.SocketEntries(socksMap, stormEnd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sweepLeft = left; left == 0 || time.Now().After(deadline) {
+			break
+		}
 	}
 	tr.stopClean()
 
@@ -375,12 +394,13 @@ func TestOwnerStateStaysBounded(t *testing.T) {
 		t.Fatalf("no owner cache report in:\n%s", tr.stderrText())
 	}
 	cached, _ := strconv.Atoi(m[1])
-	// Closed sockets' entries stay for the next socket at their address
-	// (the LRU bounds them): only open ones count as left behind.
-	t.Logf("%d connections (%.0f/s): anonymous RSS %d -> %d KiB (peak RSS %d), kernel socks entries %d open, %d in all, owner cache %d",
-		total, float64(total-warm)/elapsed.Seconds(), rssWarm, rssEnd, peak, socks, socksAll, cached)
+	t.Logf("%d connections (%.0f/s): anonymous RSS %d -> %d KiB (peak RSS %d), kernel socks entries %d open, %d closed, %d in all, owner cache %d",
+		total, float64(total-warm)/elapsed.Seconds(), rssWarm, rssEnd, peak, socks, closed, socksAll, cached)
 	if socks > 100 || cached > 100 {
 		t.Errorf("per-socket state left behind: %d kernel entries of open sockets, %d cached owners", socks, cached)
+	}
+	if sweepLeft > 0 {
+		t.Errorf("%d kernel entries of sockets closed in the storm not swept 3 s after it", sweepLeft)
 	}
 	// A leak grows with the connections; the Go heap's own swings (a GC
 	// cycle's timing, pages not yet returned) do not. Seen, in VmRSS with

@@ -99,11 +99,21 @@ func Mono() uint64 {
 	return uint64(ts.Nano())
 }
 
+// ErrNoSweep means the kernel refused the sweep of closed sockets' entries
+// (iter/bpf_map_elem); the state program then deletes them itself.
+var ErrNoSweep = errors.New("closed socket sweep unavailable (no iter/bpf_map_elem)")
+
+// SweepClosed deletes the kernel side's entries of sockets closed over a
+// second ago that no new socket at their address took over.
+func (t *Tracer) SweepClosed() error {
+	return t.readIter(&t.sweepIter, ErrNoSweep, "closed socket sweep", 0, nil)
+}
+
 // SocketEntries counts the entries of m, a socks map (the kernel side's
-// table of sockets): all of them, and those of sockets not closed. A closed
-// socket's entry stays for the next socket at its address, so only the open
-// ones say whether state is left behind.
-func SocketEntries(m *ebpf.Map) (open, all int, err error) {
+// table of sockets): those of open sockets, those of sockets closed before
+// closedBefore (CLOCK_MONOTONIC ns, as Mono), and all. A closed socket's entry
+// stays for the next socket at its address until the sweep deletes it.
+func SocketEntries(m *ebpf.Map, closedBefore uint64) (open, closedOld, all int, err error) {
 	var (
 		key uint64
 		si  tcptraceSockInfo
@@ -111,12 +121,15 @@ func SocketEntries(m *ebpf.Map) (open, all int, err error) {
 	it := m.Iterate()
 	for it.Next(&key, &si) {
 		all++
-		if tcpstate.State(si.State) != tcpstate.Close {
+		switch {
+		case tcpstate.State(si.State) != tcpstate.Close:
 			open++
+		case si.StateTs < closedBefore:
+			closedOld++
 		}
 	}
 	if err := it.Err(); err != nil {
-		return 0, 0, fmt.Errorf("read BPF map socks: %w", err)
+		return 0, 0, 0, fmt.Errorf("read BPF map socks: %w", err)
 	}
-	return open, all, nil
+	return open, closedOld, all, nil
 }

@@ -72,12 +72,14 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 	}()
 
 	var (
-		rec      ringbuf.Record
-		ev       event.Event
-		offset   = WallOffset()
-		lost     = lostCounter{t: t, misses: t.stateMisses}
-		polled   = time.Now()
-		pollCost time.Duration
+		rec       ringbuf.Record
+		ev        event.Event
+		offset    = WallOffset()
+		lost      = lostCounter{t: t, misses: t.stateMisses}
+		polled    = time.Now()
+		pollCost  time.Duration
+		swept     = time.Now()
+		sweepCost time.Duration
 	)
 	var pace pacer
 	next := time.Now().Add(drainEvery)
@@ -110,6 +112,13 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 					return st, err
 				}
 				pollCost = time.Since(polled)
+			}
+			if time.Since(swept) >= max(sweepEvery, 20*sweepCost) {
+				swept = time.Now()
+				if err := t.SweepClosed(); err != nil && !errors.Is(err, ErrNoSweep) {
+					return st, err
+				}
+				sweepCost = time.Since(swept)
 			}
 			if err := lost.report(sink, &st, false); err != nil {
 				return st, err
@@ -147,6 +156,10 @@ type pacer struct {
 	waited, yielded uint64 // events read when the last wait began, at the last yield
 	yieldedAt       time.Time
 }
+
+// sweepEvery is how often closed sockets' entries are swept (those closed
+// over a second ago go).
+const sweepEvery = time.Second
 
 const (
 	maxWait    = 5 * time.Millisecond

@@ -240,6 +240,7 @@ const (
 	tcptraceProgStateRawCatch  = "state_raw_catch"
 	tcptraceProgStateRawPush   = "state_raw_push"
 	tcptraceProgStateTp        = "state_tp"
+	tcptraceProgSweepSocks     = "sweep_socks"
 	tcptraceProgSynFentry      = "syn_fentry"
 	tcptraceProgSynFexit       = "syn_fexit"
 	tcptraceProgSynKprobe      = "syn_kprobe"
@@ -249,6 +250,7 @@ const (
 	tcptraceProgTcpDropFentry  = "tcp_drop_fentry"
 	tcptraceProgTcpDropKprobe  = "tcp_drop_kprobe"
 	tcptraceVarCfg             = "cfg"
+	tcptraceVarKeepClosed      = "keep_closed"
 	tcptraceVarLastFateNs      = "last_fate_ns"
 	tcptraceVarUnusedDrop      = "unused_drop"
 	tcptraceVarUnusedDropKind  = "unused_drop_kind"
@@ -324,6 +326,7 @@ type tcptraceProgramSpecs struct {
 	StateRawCatch *ebpf.ProgramSpec `ebpf:"state_raw_catch"`
 	StateRawPush  *ebpf.ProgramSpec `ebpf:"state_raw_push"`
 	StateTp       *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SweepSocks    *ebpf.ProgramSpec `ebpf:"sweep_socks"`
 	SynFentry     *ebpf.ProgramSpec `ebpf:"syn_fentry"`
 	SynFexit      *ebpf.ProgramSpec `ebpf:"syn_fexit"`
 	SynKprobe     *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
@@ -358,6 +361,7 @@ type tcptraceMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
 	Cfg            *ebpf.VariableSpec `ebpf:"cfg"`
+	KeepClosed     *ebpf.VariableSpec `ebpf:"keep_closed"`
 	LastFateNs     *ebpf.VariableSpec `ebpf:"last_fate_ns"`
 	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedDropKind *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
@@ -423,6 +427,7 @@ func (m *tcptraceMaps) Close() error {
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
 	Cfg            *ebpf.Variable `ebpf:"cfg"`
+	KeepClosed     *ebpf.Variable `ebpf:"keep_closed"`
 	LastFateNs     *ebpf.Variable `ebpf:"last_fate_ns"`
 	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedDropKind *ebpf.Variable `ebpf:"unused_drop_kind"`
@@ -460,6 +465,7 @@ type tcptracePrograms struct {
 	StateRawCatch *ebpf.Program `ebpf:"state_raw_catch"`
 	StateRawPush  *ebpf.Program `ebpf:"state_raw_push"`
 	StateTp       *ebpf.Program `ebpf:"state_tp"`
+	SweepSocks    *ebpf.Program `ebpf:"sweep_socks"`
 	SynFentry     *ebpf.Program `ebpf:"syn_fentry"`
 	SynFexit      *ebpf.Program `ebpf:"syn_fexit"`
 	SynKprobe     *ebpf.Program `ebpf:"syn_kprobe"`
@@ -498,6 +504,7 @@ func (p *tcptracePrograms) Close() error {
 		p.StateRawCatch,
 		p.StateRawPush,
 		p.StateTp,
+		p.SweepSocks,
 		p.SynFentry,
 		p.SynFexit,
 		p.SynKprobe,
