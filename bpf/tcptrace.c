@@ -987,7 +987,9 @@ int BPF_PROG(exit_raw, struct task_struct *p)
  * Deletes the entries of sockets closed over a second ago that no new socket
  * took over: kept, they would in time fill the LRU, which then evicts the
  * entries least recently touched, those of long-lived sockets among them.
- * The tracer runs it about once a second.
+ * The tracer runs it about once a second. (A new socket that takes an entry
+ * over between the check and the delete loses it: its owner is then found by
+ * a scan.)
  */
 SEC("iter/bpf_map_elem")
 int sweep_socks(struct bpf_iter__bpf_map_elem *ctx)
