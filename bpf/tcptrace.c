@@ -69,9 +69,9 @@ struct {
 
 /* Per socket: when it entered its state, and its owner. An entry stays after
  * its socket's final CLOSE, marked closed, for the next socket at the same
- * address to take over in place: the slab hands freed addresses out again at
- * once, and a lookup there costs much less than a delete at every CLOSE and an
- * insert at every birth (~180 ns per state change in a connection storm). The
+ * address to take over in place: the slab soon hands a freed socket's address
+ * to a new one, and a lookup there costs much less than a delete at every CLOSE
+ * and an insert at every birth (~180 ns per state change in a storm). The
  * sweep (sweep_socks) deletes those not taken over within a second; the LRU
  * bounds whatever is missed. */
 struct {
