@@ -72,14 +72,12 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 	}()
 
 	var (
-		rec       ringbuf.Record
-		ev        event.Event
-		offset    = WallOffset()
-		lost      = lostCounter{t: t, misses: t.stateMisses}
-		polled    = time.Now()
-		pollCost  time.Duration
-		swept     = time.Now()
-		sweepCost time.Duration
+		rec    ringbuf.Record
+		ev     event.Event
+		offset = WallOffset()
+		lost   = lostCounter{t: t, misses: t.stateMisses}
+		polls  = walker{last: time.Now()}
+		sweeps = walker{last: time.Now()}
 	)
 	var pace pacer
 	next := time.Now().Add(drainEvery)
@@ -105,20 +103,17 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 				rd.SetDeadline(pace.wakeBy(next, st.Events))
 				continue
 			}
-			// A walk that costs more waits longer: at most 5% of a CPU.
-			if pollEvery > 0 && time.Since(polled) >= max(pollEvery, 20*pollCost) {
-				polled = time.Now()
-				if err := t.PollListeners(nil); err != nil && !errors.Is(err, ErrNoListenerWalk) {
+			if pollEvery > 0 && polls.due(pollEvery) {
+				err := t.PollListeners(nil)
+				if polls.done(); err != nil && !errors.Is(err, ErrNoListenerWalk) {
 					return st, err
 				}
-				pollCost = time.Since(polled)
 			}
-			if time.Since(swept) >= max(sweepEvery, 20*sweepCost) {
-				swept = time.Now()
-				if err := t.SweepClosed(); err != nil && !errors.Is(err, ErrNoSweep) {
+			if sweeps.due(sweepEvery) {
+				err := t.SweepClosed()
+				if sweeps.done(); err != nil && !errors.Is(err, ErrNoSweep) {
 					return st, err
 				}
-				sweepCost = time.Since(swept)
 			}
 			if err := lost.report(sink, &st, false); err != nil {
 				return st, err
@@ -160,6 +155,26 @@ type pacer struct {
 // sweepEvery is how often closed sockets' entries are swept (those closed
 // over a second ago go).
 const sweepEvery = time.Second
+
+// walker paces a periodic walk (an iterator run): one that costs more waits
+// longer, so it takes at most 5% of a CPU.
+type walker struct {
+	last time.Time     // when the last walk began
+	cost time.Duration // what it took
+}
+
+// due says whether a walk meant to run every `every` is due now; if so, it
+// begins.
+func (w *walker) due(every time.Duration) bool {
+	if time.Since(w.last) < max(every, 20*w.cost) {
+		return false
+	}
+	w.last = time.Now()
+	return true
+}
+
+// done ends the walk that due began.
+func (w *walker) done() { w.cost = time.Since(w.last) }
 
 const (
 	maxWait    = 5 * time.Millisecond

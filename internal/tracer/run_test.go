@@ -44,3 +44,26 @@ func TestPacerYields(t *testing.T) {
 		t.Fatalf("yielded again within maxWait: %+v", p)
 	}
 }
+
+func TestWalkerPaces(t *testing.T) {
+	w := walker{last: time.Now().Add(-2 * time.Second)}
+	if !w.due(time.Second) {
+		t.Fatal("a walk last begun 2 s ago is not due every 1 s")
+	}
+	if w.due(time.Second) {
+		t.Fatal("due again at once")
+	}
+	// A walk that took 200 ms waits 20 times that: 4 s, not 1 s.
+	w = walker{last: time.Now().Add(-2 * time.Second), cost: 200 * time.Millisecond}
+	if w.due(time.Second) {
+		t.Fatal("a walk costing 200 ms is due 2 s after the last, want 4 s")
+	}
+	w.last = time.Now().Add(-5 * time.Second)
+	if !w.due(time.Second) {
+		t.Fatal("a walk costing 200 ms is not due 5 s after the last")
+	}
+	w.done()
+	if w.cost < 0 || w.cost > time.Second {
+		t.Fatalf("done recorded a cost of %v for a walk just begun", w.cost)
+	}
+}
