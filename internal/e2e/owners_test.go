@@ -421,3 +421,34 @@ func TestOwnerStateStaysBounded(t *testing.T) {
 		t.Error(tr.stderrText())
 	}
 }
+
+// TestClosedEntriesWithoutSweep: on a kernel without iter/bpf_map_elem (no
+// sweep), the state program deletes a socket's entry at its final CLOSE
+// instead of keeping it for the next socket at its address: right after a
+// storm, no closed socket's entry is left.
+func TestClosedEntriesWithoutSweep(t *testing.T) {
+	needRoot(t)
+	const feature = "closed socket sweep"
+	n := 4000
+	ns := newNetNS(t)
+	tr := startTracer(t, "--events", "states", "--port", "7024", "--test-without", feature, "-v")
+	if h := feature + ": none not used"; !strings.Contains(tr.stderrText(), h) {
+		t.Fatalf("-v lacks %q:\n%s", h, tr.stderrText())
+	}
+	s := startRole(t, ns, "storm", "-addr", "127.0.0.1:7024", "-n", strconv.Itoa(n), "-server-first")
+	s.expectWithin("done", max(waitLong, time.Duration(n)*time.Second/100))
+	s.wait()
+	time.Sleep(200 * time.Millisecond)
+	open, closed, all, err := tracer.SocketEntries(newestMap(t, "socks"), tracer.Mono())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr.stopClean()
+	t.Logf("%d connections: kernel socks entries %d open, %d closed, %d in all", n, open, closed, all)
+	if closed > 0 {
+		t.Errorf("%d entries of closed sockets left without the sweep: the state program should delete them at CLOSE", closed)
+	}
+	if open > 100 {
+		t.Errorf("%d entries of open sockets left after the storm", open)
+	}
+}
