@@ -637,6 +637,11 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
  * programs are rarely interrupted, and an interrupted one misses only changes
  * the state program records (on older kernels, which run nested programs, the
  * state program always pops its own token). No change is sent twice.
+ * (Two programs, the state program leaving a token for each change it
+ * recorded, would save a run per change but not be safe: the state programs
+ * of changes in a softirq that interrupts the catch program before it looks
+ * leave tokens above its own, and enough of them push it out of the stack,
+ * so that its change goes out twice. Here each state program takes its own.)
  */
 #define NEST_DEPTH 4
 
