@@ -5,7 +5,7 @@
 #   VMTEST_KERNELS="5.10 6.1 6.12"  kernels to run (default: all three)
 #   VMTEST_RUN=<regexp>              passed to the suite as -test.run
 #   VMTEST_JOBS=N                    VMs run at once (default: one per CPU; each VM is one TCG thread)
-#   VMTEST_TIMEOUT=S                 seconds per kernel (default 600)
+#   VMTEST_TIMEOUT=S                 seconds per kernel (default 900)
 #   VMTEST_SHORT=0                   run the suite without -test.short (the default is
 #                                    -test.short: emulated loopback manages only ~300-600
 #                                    connections/s, too few for the full-size load tests)
@@ -27,7 +27,9 @@ cache=$top/.cache/vmtest
 kernels=${VMTEST_KERNELS:-5.10 6.1 6.12}
 run=${VMTEST_RUN:-}
 jobs=${VMTEST_JOBS:-$(nproc)}
-timeout_s=${VMTEST_TIMEOUT:-600}
+# Emulated, two guests at a time on two CPUs, the suite took 330-545 s per
+# kernel: the limit catches hangs, not slow days.
+timeout_s=${VMTEST_TIMEOUT:-900}
 short=${VMTEST_SHORT:-1}
 extra_append=${VMTEST_APPEND:-}
 # Single-threaded TCG: with multi-threaded TCG (QEMU 7.2) the 5.10 guest hung in
