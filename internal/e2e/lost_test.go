@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tcptrace/tcptrace/internal/tracer"
 )
 
 // TestLostIsCounted: with a one-page ring buffer and a reader stalled on a
@@ -62,7 +64,6 @@ func TestNoChangeMissed(t *testing.T) {
 		conns = 2000
 	}
 	truth := 10*conns + 2
-	nested := regexp.MustCompile(`nested state changes: (\d+) skipped by the kernel, (\d+) of them recorded`)
 	for _, kind := range []string{"tp_btf", "raw_tp", "tracepoint"} {
 		t.Run(kind, func(t *testing.T) {
 			ns := newNetNS(t)
@@ -94,7 +95,7 @@ func TestNoChangeMissed(t *testing.T) {
 			}
 			tr.stopClean()
 			recs, lost := count()
-			m := nested.FindStringSubmatch(tr.stderrText())
+			m := nestedReport.FindStringSubmatch(tr.stderrText())
 			if m == nil {
 				t.Fatalf("no nested-change report in:\n%s", tr.stderrText())
 			}
@@ -137,6 +138,68 @@ func TestNoChangeMissed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStartDuringChurn starts tcptrace while connections churn, as on the
+// busy host it is run on. A state change's three programs attach one after
+// another, and a change that met only the first (push) would leave its token
+// on that CPU's stack for good: the catch program then looks under it in vain
+// (no skipped change caught), or a later change at the same address takes it
+// for its own and goes out twice. So the push program waits to be armed until
+// all three are attached: once the churn stops, every CPU's stack is empty.
+// (Without that, started during a storm, 1-3 tokens stayed on a CPU.)
+func TestStartDuringChurn(t *testing.T) {
+	needRoot(t)
+	for _, kind := range []string{"tp_btf", "raw_tp"} {
+		t.Run(kind, func(t *testing.T) {
+			ns := newNetNS(t)
+			churn := startRole(t, ns, "churn", "-addr", "127.0.0.1:7027", "-clients", "8")
+			churn.expect("started")
+			tr := startTracer(t, "--hook-kind", kind, "--port", "7027", "--events", "states", "-v")
+			seen := 0
+			for deadline := time.Now().Add(waitLong); time.Now().Before(deadline) && seen < 1000; time.Sleep(20 * time.Millisecond) {
+				seen = len(tr.states(ns))
+			}
+			churn.send("stop")
+			churn.expect("done")
+			churn.wait()
+			time.Sleep(200 * time.Millisecond) // the last packets' softirq work
+			depths, err := tracer.NestDepths(newestMap(t, "nesting"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr.stopClean()
+			m := nestedReport.FindStringSubmatch(tr.stderrText())
+			if m == nil {
+				t.Fatalf("no nested-change report in:\n%s", tr.stderrText())
+			}
+			t.Logf("%d state changes recorded while connections churned; per-CPU stack depths after: %v; %s", seen, depths, m[0])
+			if seen < 1000 {
+				t.Fatalf("only %d state changes recorded in %v of churn", seen, waitLong)
+			}
+			for cpu, d := range depths {
+				if d != 0 {
+					t.Errorf("CPU %d: %d tokens left on the state programs' stack after the churn", cpu, d)
+				}
+			}
+			// The catch program records only what the state program skipped.
+			if skipped, caught := mustAtoi(t, m[1]), mustAtoi(t, m[2]); caught > skipped {
+				t.Errorf("%s: some changes went out twice", m[0])
+			}
+		})
+	}
+}
+
+// nestedReport is -v's line on the state changes the kernel skipped.
+var nestedReport = regexp.MustCompile(`nested state changes: (\d+) skipped by the kernel, (\d+) of them recorded`)
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 func byChange(recs []record) map[string]int {

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -82,6 +83,8 @@ func runWorkload(role string, args []string) error {
 		}
 		fmt.Println("done")
 		return nil
+	case "churn":
+		return runChurn(in, *network, *addr, *clients)
 	case "storm":
 		if *clients > 1 {
 			return runParallelStorm(*network, *addr, *count, *clients)
@@ -615,6 +618,64 @@ func runStorm(network, addr string, n int, serverFirst bool) error {
 	}
 	ln.Close()
 	fmt.Println("done")
+	return nil
+}
+
+// runChurn makes short connections from clients goroutines (the server
+// closes first) until a stop line; "started" once connections flow, "done N"
+// at the end.
+func runChurn(in *bufio.Reader, network, addr string, clients int) error {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return // closed at the end
+			}
+			c.Close()
+		}
+	}()
+	var stop atomic.Bool
+	var made atomic.Int64
+	errs := make(chan error, clients)
+	for range clients {
+		go func() {
+			for !stop.Load() {
+				c, err := net.Dial(network, ln.Addr().String())
+				if err != nil {
+					errs <- err
+					return
+				}
+				if _, err := io.Copy(io.Discard, c); err != nil {
+					errs <- err
+					return
+				}
+				c.Close()
+				made.Add(1)
+			}
+			errs <- nil
+		}()
+	}
+	for made.Load() < int64(clients) {
+		select {
+		case err := <-errs: // a client failed: stop is not set yet
+			return err
+		case <-time.After(time.Millisecond):
+		}
+	}
+	fmt.Println("started")
+	waitLine(in, "stop")
+	stop.Store(true)
+	for range clients {
+		if err := <-errs; err != nil {
+			return err
+		}
+	}
+	ln.Close()
+	fmt.Printf("done %d\n", made.Load())
 	return nil
 }
 

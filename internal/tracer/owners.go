@@ -133,3 +133,19 @@ func SocketEntries(m *ebpf.Map, closedBefore uint64) (open, closedOld, all int, 
 	}
 	return open, closedOld, all, nil
 }
+
+// NestDepths reads m, a nesting map (the state programs' per-CPU stacks of
+// changes under way; see state_catch in bpf/tcptrace.c): how many tokens each
+// CPU's stack holds. Between changes every stack is empty: a token left there
+// is one that no program took off.
+func NestDepths(m *ebpf.Map) ([]uint32, error) {
+	var nests []tcptraceStateNest
+	if err := m.Lookup(uint32(0), &nests); err != nil {
+		return nil, fmt.Errorf("read BPF map nesting: %w", err)
+	}
+	depths := make([]uint32, len(nests))
+	for i, n := range nests {
+		depths[i] = n.Depth
+	}
+	return depths, nil
+}

@@ -252,6 +252,7 @@ const (
 	tcptraceVarCfg             = "cfg"
 	tcptraceVarKeepClosed      = "keep_closed"
 	tcptraceVarLastFateNs      = "last_fate_ns"
+	tcptraceVarNestArmed       = "nest_armed"
 	tcptraceVarUnusedDrop      = "unused_drop"
 	tcptraceVarUnusedDropKind  = "unused_drop_kind"
 	tcptraceVarUnusedListener  = "unused_listener"
@@ -363,6 +364,7 @@ type tcptraceVariableSpecs struct {
 	Cfg            *ebpf.VariableSpec `ebpf:"cfg"`
 	KeepClosed     *ebpf.VariableSpec `ebpf:"keep_closed"`
 	LastFateNs     *ebpf.VariableSpec `ebpf:"last_fate_ns"`
+	NestArmed      *ebpf.VariableSpec `ebpf:"nest_armed"`
 	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedDropKind *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
 	UnusedListener *ebpf.VariableSpec `ebpf:"unused_listener"`
@@ -429,6 +431,7 @@ type tcptraceVariables struct {
 	Cfg            *ebpf.Variable `ebpf:"cfg"`
 	KeepClosed     *ebpf.Variable `ebpf:"keep_closed"`
 	LastFateNs     *ebpf.Variable `ebpf:"last_fate_ns"`
+	NestArmed      *ebpf.Variable `ebpf:"nest_armed"`
 	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedDropKind *ebpf.Variable `ebpf:"unused_drop_kind"`
 	UnusedListener *ebpf.Variable `ebpf:"unused_listener"`

@@ -114,12 +114,25 @@ func single(name, kind, prog string, attach func(*ebpf.Program) (link.Link, erro
 // caught is a state-change candidate of three programs on one hook,
 // attached in this order: prog_push, the state program prog, prog_catch.
 // The short ones record the changes the kernel skips prog for (a softirq
-// nested in it; see state_catch in bpf/tcptrace.c).
-func caught(name, kind, prog string, attach func(*ebpf.Program) (link.Link, error)) candidate {
+// nested in it; see state_catch in bpf/tcptrace.c). The push program is
+// armed once the catch program is attached: a change that met only some of
+// the three would leave its token behind for good.
+func (t *Tracer) caught(name, kind, prog string, attach func(*ebpf.Program) (link.Link, error)) candidate {
+	armed := func(p *ebpf.Program) (link.Link, error) {
+		l, err := attach(p)
+		if err != nil {
+			return nil, err
+		}
+		if err := t.maps.Variables["nest_armed"].Set(uint8(1)); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("set nest_armed: %w", err)
+		}
+		return l, nil
+	}
 	return candidate{name: name, kind: kind, parts: []part{
 		{prog: prog + "_push", attach: attach},
 		{prog: prog, attach: attach, counted: true},
-		{prog: prog + "_catch", attach: attach},
+		{prog: prog + "_catch", attach: armed},
 	}}
 }
 
@@ -195,8 +208,8 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 		required:      true,
 		missesAreLost: true,
 		candidates: []candidate{
-			caught("tp_btf/inet_sock_set_state", "tp_btf", "state_btf", tpBTF),
-			caught("raw_tp/inet_sock_set_state", "raw_tp", "state_raw", rawTracepoint("inet_sock_set_state")),
+			t.caught("tp_btf/inet_sock_set_state", "tp_btf", "state_btf", tpBTF),
+			t.caught("raw_tp/inet_sock_set_state", "raw_tp", "state_raw", rawTracepoint("inet_sock_set_state")),
 			classicStates,
 		},
 	}
@@ -350,11 +363,15 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 		},
 	}
 	// The scan comes first: owners of existing sockets are recorded before
-	// the state hooks start reading them.
-	fs := []feature{scan, sweep, forks, renames, exits, sysExit, states, polls}
+	// the state hooks start reading them. The state hooks come last: from
+	// their attach on, records pile up in the ring until the reader starts,
+	// and on a busy host each load after them took 50-200 ms (in a storm the
+	// 500 ms they added overflowed the 8 MiB ring: 23,000 records lost).
+	fs := []feature{scan, sweep, forks, renames, exits, sysExit, polls}
 	if opts.EmitDrops {
 		fs = append(fs, drops, others)
 	}
+	fs = append(fs, states)
 	if opts.HookKind != "" {
 		// Force one kind wherever a feature has it (tests reach the fallbacks
 		// so); a forced hook that does not attach is an error, not a fallback.

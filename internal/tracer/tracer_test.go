@@ -1,0 +1,25 @@
+package tracer
+
+import (
+	"slices"
+	"testing"
+)
+
+// The state hooks attach last: from then on records pile up in the ring until
+// the reader starts, so no other program's load may come between.
+func TestStateChangesAttachLast(t *testing.T) {
+	for _, drops := range []bool{false, true} {
+		tr := &Tracer{reasons: &dropReasons{names: map[uint32]string{}}}
+		fs, err := tr.features(&Options{EmitDrops: drops})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := make([]string, len(fs))
+		for i, f := range fs {
+			names[i] = f.name
+		}
+		if names[len(names)-1] != "state changes" || slices.Index(names, "state changes") != len(names)-1 {
+			t.Errorf("drops %v: attach order %q: state changes should come last, once", drops, names)
+		}
+	}
+}
