@@ -644,16 +644,10 @@ func runChurn(in *bufio.Reader, network, addr string, clients int) error {
 	for range clients {
 		go func() {
 			for !stop.Load() {
-				c, err := net.Dial(network, ln.Addr().String())
-				if err != nil {
+				if err := dialUntilClosed(network, ln.Addr().String()); err != nil {
 					errs <- err
 					return
 				}
-				if _, err := io.Copy(io.Discard, c); err != nil {
-					errs <- err
-					return
-				}
-				c.Close()
 				made.Add(1)
 			}
 			errs <- nil
@@ -677,6 +671,17 @@ func runChurn(in *bufio.Reader, network, addr string, clients int) error {
 	ln.Close()
 	fmt.Printf("done %d\n", made.Load())
 	return nil
+}
+
+// dialUntilClosed makes one short connection: the server closes first.
+func dialUntilClosed(network, addr string) error {
+	c, err := net.Dial(network, addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = io.Copy(io.Discard, c)
+	return err
 }
 
 // runParallelStorm makes n short connections from clients goroutines at once;
@@ -703,16 +708,10 @@ func runParallelStorm(network, addr string, n, clients int) error {
 	for k := 0; k < clients; k++ {
 		go func() {
 			for i := k; i < n; i += clients {
-				c, err := net.Dial(network, ln.Addr().String())
-				if err != nil {
+				if err := dialUntilClosed(network, ln.Addr().String()); err != nil {
 					errs <- err
 					return
 				}
-				if _, err := io.Copy(io.Discard, c); err != nil {
-					errs <- err
-					return
-				}
-				c.Close()
 			}
 			errs <- nil
 		}()
