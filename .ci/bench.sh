@@ -91,14 +91,19 @@ cpu_busy() {
 	echo $((100 * (total - idle) / (total > 0 ? total : 1)))
 }
 
-# utime+stime of a process, in clock ticks (fields 14 and 15 of stat, counted
-# after the command name, which may hold spaces).
-cpu_ticks() {
+# utime and stime of a process, in clock ticks (fields 14 and 15 of stat,
+# counted after the command name, which may hold spaces); cpu_ticks: their sum.
+stat_ticks() {
 	local s
 	s=$(<"/proc/$1/stat") || return 1
 	s=${s##*) }
 	set -- $s
-	echo $((${12} + ${13}))
+	echo "${12} ${13}"
+}
+cpu_ticks() {
+	local u s
+	read -r u s < <(stat_ticks "$1") && [[ -n $s ]] || return 1
+	echo $((u + s))
 }
 
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2)}'; }
@@ -149,7 +154,10 @@ start_tracer() {
 	done
 	((i < 600)) || die "$name never became ready"
 	sleep 0.5
-	BASE_TICKS=$(cpu_ticks "$TPID") # start-up (BPF load, bpftrace's compile) is not the storm's cost
+	# Start-up (BPF load, bpftrace's compile) is not the storm's cost.
+	local u s
+	read -r u s < <(stat_ticks "$TPID") || die "$name: no /proc/$TPID/stat"
+	BASE_TICKS=$((u + s)) BASE_SYS_TICKS=$s
 }
 
 # BPF programs a process holds (their IDs, from its descriptors' fdinfo).
@@ -195,13 +203,28 @@ stop_tracer() {
 	# GNU time puts "Command exited with non-zero status N" first, if so.
 	read -r u s m < <(tail -1 "$W/$1.time") || die "$1: no resource usage: $(tail -3 "$W/$1.err")"
 	CPU=$(awk -v u="$u" -v s="$s" -v b="$BASE_TICKS" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", u + s - b / hz}')
+	CPU_SYS=$(awk -v s="$s" -v b="$BASE_SYS_TICKS" -v hz="$CLK_TCK" 'BEGIN {printf "%.2f", s - b / hz}')
 	RSS_MB=$(awk -v m="$m" 'BEGIN {printf "%.1f", m / 1024}')
 }
 
 # Per tracer: how many of the storm's state changes it wrote (its port, local
 # or remote), everything it wrote (all ports: the host's other traffic too),
 # and what it reported lost. Each sets EV, ALL and LOST for run $1.
-declare -A RATE SPAN EV ALL LOST GAPS SKIP CPUS RSS AGE50 AGE99
+declare -A RATE SPAN EV ALL LOST GAPS SKIP CPUS CPUS_SYS RSS AGE50 AGE99 OUT_MB DD_SYS
+
+# write_cost NAME: what writing NAME's output alone costs this machine: dd
+# copies it (from the page cache) to a new file in 64 KiB writes, as tcptrace writes.
+# The page cache's fresh pages cost more in some VMs (the host backs them on
+# first touch) than the tracer's formatting: the JSON run's CPU says little
+# without it.
+write_cost() {
+	local f=$W/$1.out t=$W/$1.dd
+	OUT_MB[$1]=$(du -m "$f" | cut -f1)
+	if /usr/bin/time -f '%S' -o "$t" dd if="$f" of="$W/dd.out" bs=64k 2>/dev/null; then
+		DD_SYS[$1]=$(tail -1 "$t")
+	fi
+	rm -f "$W/dd.out" "$t"
+}
 counts_tcptrace() { # -o json to W/NAME.out, or text to /dev/null; the exit summary on stderr
 	local f=$W/$1.out err=$W/$1.err
 	# State records only: drop records (other TCP drops) may name the port too.
@@ -247,8 +270,9 @@ traced() {
 	storms "$name"
 	stop_tracer "$name"
 	RATE[$name]=$(median "${RATES[@]}") SPAN[$name]=$(span "${RATES[@]}")
-	CPUS[$name]=$CPU RSS[$name]=$RSS_MB SKIP[$name]=$MISSED
+	CPUS[$name]=$CPU CPUS_SYS[$name]=$CPU_SYS RSS[$name]=$RSS_MB SKIP[$name]=$MISSED
 	"$counts" "$name"
+	if [[ -f $W/$name.out ]]; then write_cost "$name"; fi
 	if [[ ${BENCH_KEEP:-0} != 1 ]]; then rm -f "$W/$name.out"; fi # up to ~100 MB each
 }
 
@@ -316,6 +340,13 @@ part_storm() {
 		esac
 		row "$label" "${RATE[$n]}" "${SPAN[$n]}" "$(kept "${RATE[$n]}")" "$ev" "${LOST[$n]:-?}" "${SKIP[$n]}" "${ALL[$n]:-?}" \
 			"${CPUS[$n]}" "$(per_m "${CPUS[$n]}" "${ALL[$n]}")" "${RSS[$n]}" "$age"
+	done
+	echo
+	echo "   Output to a file, and what writing those bytes alone costs here (dd copying the file to a new one):"
+	for n in tcptrace-json tcpstates bpftrace; do
+		[[ -n ${OUT_MB[$n]:-} ]] || continue
+		printf '     %-24s %5s MB   CPU %5s s, %5s s of it system time   dd: %5s s system time\n' \
+			"$n" "${OUT_MB[$n]}" "${CPUS[$n]}" "${CPUS_SYS[$n]}" "${DD_SYS[$n]:-?}"
 	done
 	echo
 
