@@ -31,10 +31,13 @@ enum {
 	TCP_SYN_SENT = 2,
 	TCP_SYN_RECV = 3,
 	TCP_FIN_WAIT1 = 4,
+	TCP_FIN_WAIT2 = 5,
+	TCP_TIME_WAIT = 6,
 	TCP_CLOSE = 7,
 	TCP_CLOSE_WAIT = 8,
 	TCP_LAST_ACK = 9,
 	TCP_LISTEN = 10,
+	TCP_CLOSING = 11,
 };
 
 volatile const struct config cfg = {};
@@ -431,10 +434,28 @@ static __always_inline void reborn(const struct sock *sk, __u64 skaddr, struct s
 	__builtin_memset(old, 0, sizeof(*old));
 }
 
-/* Whether a change from oldstate to newstate is wanted by --state and friends. */
-static __always_inline bool change_wanted(int oldstate, int newstate)
+/*
+ * No socket ever changes into TIME_WAIT: tcp_time_wait() puts a timewait
+ * socket in the connection's place and closes the full socket, FIN_WAIT2 or
+ * CLOSING -> CLOSE. That is the only graceful way out of those two states;
+ * the others (a reset, a timeout) set sk_err first. (Also without an error,
+ * and so also counted here: an abort of a socket already in FIN_WAIT2 or
+ * CLOSING by its application, and a timewait table too full to take one.)
+ */
+static __always_inline bool closed_into_time_wait(const struct sock *sk, int oldstate, int newstate, const bool btf)
+{
+	return newstate == TCP_CLOSE && (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) &&
+	       READ(btf, sk, sk_err) == 0;
+}
+
+/* Whether a change from oldstate to newstate is wanted by --state and
+ * friends; --state TIME_WAIT selects the changes that hand a connection to
+ * a timewait socket. */
+static __always_inline bool change_wanted(int oldstate, int newstate, __u32 flags)
 {
 	if (!cfg.state_mask && !cfg.old_state_mask)
+		return true;
+	if ((flags & EVENT_TIME_WAIT) && (cfg.state_mask & (1u << TCP_TIME_WAIT)))
 		return true;
 	return (cfg.state_mask & (1u << (newstate & 31))) || (cfg.old_state_mask & (1u << (oldstate & 31)));
 }
@@ -567,6 +588,8 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	e.owner = si->owner;
 	e.flags |= owner_flags(&si->owner);
 	e.rport = remote_port(sk, btf);
+	if (closed_into_time_wait(sk, oldstate, newstate, btf))
+		e.flags |= EVENT_TIME_WAIT;
 
 	/* An event that must wait for its socket's port or address (and the
 	 * port filter with it); whether one waits is kept with the socket, so
@@ -574,7 +597,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	bool late = (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && e.lport == 0) ||
 		    (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && e.rport == 0);
 	bool traced = pid_wanted(&e) && (late || port_wanted(&e));
-	bool wanted = traced && change_wanted(oldstate, newstate);
+	bool wanted = traced && change_wanted(oldstate, newstate, e.flags);
 	bool hold = wanted && late;
 	/* Changed from another state than the one last recorded: the kernel
 	 * made a change in between that no program saw. */

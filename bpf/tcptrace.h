@@ -33,6 +33,9 @@ enum event_flag {
 	EVENT_OWNER_UNVERIFIED = 1 << 3,
 	/* The owner has exited since it was recorded; the socket lingers. */
 	EVENT_OWNER_EXITED = 1 << 4,
+	/* A change into CLOSE that handed the connection to a timewait socket
+	 * (see closed_into_time_wait). */
+	EVENT_TIME_WAIT = 1 << 5,
 };
 
 /* The process that owns a socket. */

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcptrace/tcptrace/internal/closewait"
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/output"
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
@@ -50,7 +51,7 @@ func TestParseErrorsAreUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"--bogus"}, {"--state", "nope"}, {"--port", "0"}, {"--port", "65536"}, {"--pid", "-3"},
 		{"-o", "xml"}, {"-4", "-6"}, {"--duration", "0s"}, {"--ring-size", "3000"}, {"--ring-size", "1K"},
-		{"--hook-kind", "uprobe"}, {"listen"},
+		{"--hook-kind", "uprobe"}, {"listen"}, {"--state", "NEW_SYN_RECV"}, {"--state", "bound_inactive"},
 	} {
 		_, err := Parse(args)
 		var ue *UsageError
@@ -114,5 +115,29 @@ func TestPipelineCommFilter(t *testing.T) {
 	}
 	if !strings.Contains(out, `"type":"lost"`) {
 		t.Fatal("lost records must pass every filter")
+	}
+}
+
+// --state TIME_WAIT keeps the closes that left a timewait socket, also when
+// the kernel lets every CLOSE_WAIT change through for the alert.
+func TestPipelineTimeWait(t *testing.T) {
+	c, err := Parse([]string{"--state", "time_wait"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	p := &pipeline{out: output.New(&buf, output.JSON, false, nil), stateMask: c.StateMask(),
+		stuck: closewait.NewStuck(time.Hour)}
+	e := &event.Event{Kind: event.KindState, Family: event.IPv4, OldState: tcpstate.FinWait2,
+		NewState: tcpstate.Close, LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1")}
+	for _, tw := range []bool{true, false} {
+		e.TimeWait = tw
+		if err := p.Record(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Idle()
+	if out := buf.String(); strings.Count(out, `"type":"state"`) != 1 || !strings.Contains(out, `"time_wait":true`) {
+		t.Fatalf("--state TIME_WAIT kept:\n%s", out)
 	}
 }

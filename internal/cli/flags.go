@@ -58,6 +58,14 @@ type Config struct {
 	Without string
 }
 
+// neverEntered: states the kernel has but no state change leads into, and
+// where to look instead. (TIME_WAIT is not one: see event.Event.Into.)
+var neverEntered = map[tcpstate.State]string{
+	tcpstate.NewSynRecv: "a handshake's request socket is born in it; --events drops reports the handshakes " +
+		"a full SYN queue drops, and tcptrace listeners shows the queue",
+	tcpstate.BoundInactive: "ss shows bound, unconnected sockets in it; they are in CLOSE",
+}
+
 // StateMask is the BPF filter bit set for the --state list (0: all states).
 func (c *Config) StateMask() uint32 {
 	var m uint32
@@ -77,7 +85,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.StringSliceVarP(&raw.pids, "pid", "p", nil, "only these process IDs (comma-separated list)")
 	fs.StringVarP(&c.Comm, "comm", "c", "", "only processes with this command name")
 	fs.StringSliceVar(&raw.ports, "port", nil, "only sockets with these local or remote ports")
-	fs.StringSliceVar(&raw.states, "state", nil, "only changes into these states, e.g. CLOSE_WAIT")
+	fs.StringSliceVar(&raw.states, "state", nil, "only changes into these states, e.g. CLOSE_WAIT; TIME_WAIT: closes that leave a timewait socket")
 	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
@@ -126,6 +134,9 @@ func Parse(args []string) (*Config, error) {
 		st, err := tcpstate.Parse(s)
 		if err != nil {
 			return nil, usagef("invalid --state: %v", err)
+		}
+		if why := neverEntered[st]; why != "" {
+			return nil, usagef("invalid --state %s: no socket ever changes into it (%s)", st, why)
 		}
 		c.States = append(c.States, st)
 	}

@@ -232,7 +232,7 @@ func (p *pipeline) Record(e *event.Event) error {
 		}
 		if p.stuck != nil {
 			p.stuck.Observe(e)
-			if p.stateMask != 0 && p.stateMask&(1<<e.NewState) == 0 {
+			if p.stateMask != 0 && p.stateMask&(1<<e.NewState|1<<e.Into()) == 0 {
 				p.dropped++
 				return nil
 			}

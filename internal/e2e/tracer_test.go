@@ -27,6 +27,7 @@ type record struct {
 	RPort        uint16   `json:"rport"`
 	OldState     string   `json:"old_state"`
 	NewState     string   `json:"new_state"`
+	TimeWait     *bool    `json:"time_wait"`
 	InStateMS    *float64 `json:"in_state_ms"`
 	PIDs         []int    `json:"pids"`
 	Cgroup       *string  `json:"cgroup"`

@@ -85,6 +85,8 @@ func runWorkload(role string, args []string) error {
 		return nil
 	case "churn":
 		return runChurn(in, *network, *addr, *clients)
+	case "timewait":
+		return runTimeWait(in, *addr, *count)
 	case "storm":
 		if *clients > 1 {
 			return runParallelStorm(*network, *addr, *count, *clients)

@@ -80,6 +80,9 @@ type Event struct {
 	LPort, RPort uint16
 
 	OldState, NewState tcpstate.State
+	// TimeWait: this change into CLOSE handed the connection to a timewait
+	// socket (the kernel never moves a socket into TIME_WAIT itself).
+	TimeWait bool
 	// InState is the time spent in OldState; valid when InStateKnown.
 	InState      time.Duration
 	InStateKnown bool
@@ -117,6 +120,15 @@ type Drop struct {
 type ClientCount struct {
 	Addr  netip.Addr
 	Count uint64
+}
+
+// Into is the state the connection entered as ss shows it: TIME_WAIT for a
+// change into CLOSE that left a timewait socket in the socket's place.
+func (e *Event) Into() tcpstate.State {
+	if e.TimeWait {
+		return tcpstate.TimeWait
+	}
+	return e.NewState
 }
 
 // OwnerKnown reports whether the event names the socket's owner.

@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/tcptrace/tcptrace/internal/event"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
 )
 
 // Format selects the rendering.
@@ -293,7 +294,7 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	if stuck {
 		b = append(b, "STUCK"...)
 	} else {
-		b = append(b, e.NewState.String()...)
+		b = append(b, e.Into().String()...)
 	}
 	b = padTo(b, start, 13)
 	switch {
@@ -421,7 +422,14 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, e.OldState.String()...)
 		b = append(b, `","new_state":"`...)
 		b = append(b, e.NewState.String()...)
-		b = append(b, `","in_state_ms":`...)
+		switch {
+		case e.TimeWait:
+			b = append(b, `","time_wait":true,"in_state_ms":`...)
+		case e.NewState == tcpstate.Close:
+			b = append(b, `","time_wait":false,"in_state_ms":`...)
+		default:
+			b = append(b, `","in_state_ms":`...)
+		}
 		if e.InStateKnown {
 			b = appendMillis(b, e.InState)
 		} else {

@@ -579,3 +579,34 @@ func TestAppendUintMatchesStrconv(t *testing.T) {
 		}
 	}
 }
+
+// A close that left a timewait socket: text shows the connection's new state
+// as ss does, TIME_WAIT; JSON keeps the kernel's CLOSE and says time_wait,
+// which every change into CLOSE carries and no other change does.
+func TestTimeWait(t *testing.T) {
+	e := sample()
+	e.OldState, e.NewState, e.TimeWait = tcpstate.FinWait2, tcpstate.Close, true
+	line := string(AppendText(nil, e, time.UTC))
+	if want := "FIN_WAIT2    TIME_WAIT    1.235\n"; !strings.HasSuffix(line, want) {
+		t.Errorf("text %q, want it to end in %q", line, want)
+	}
+	for _, tc := range []struct {
+		newState tcpstate.State
+		timeWait bool
+		want     string // the time_wait value, "" for none
+	}{
+		{tcpstate.Close, true, "true"},
+		{tcpstate.Close, false, "false"},
+		{tcpstate.CloseWait, false, ""},
+	} {
+		e.NewState, e.TimeWait = tc.newState, tc.timeWait
+		var m map[string]any
+		if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+			t.Fatal(err)
+		}
+		v, ok := m["time_wait"]
+		if got := fmt.Sprint(v); ok != (tc.want != "") || ok && got != tc.want || m["new_state"] != tc.newState.String() {
+			t.Errorf("%v (time wait %v): time_wait %v (present %v), new_state %v", tc.newState, tc.timeWait, v, ok, m["new_state"])
+		}
+	}
+}

@@ -55,6 +55,7 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 		RPort:    r.Rport,
 		OldState: tcpstate.State(r.Oldstate),
 		NewState: tcpstate.State(r.Newstate),
+		TimeWait: r.Flags&tcptraceEventFlagEVENT_TIME_WAIT != 0,
 	}
 	if r.Flags&tcptraceEventFlagEVENT_OWNER_UNKNOWN == 0 {
 		setOwner(&r.Owner, ev)

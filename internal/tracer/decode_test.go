@@ -89,6 +89,24 @@ func TestDecodeOwnerFlags(t *testing.T) {
 	}
 }
 
+func TestDecodeTimeWait(t *testing.T) {
+	var ev event.Event
+	r := v4Sample()
+	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.TimeWait {
+		t.Fatal("time wait without its flag")
+	}
+	r.Flags |= tcptraceEventFlagEVENT_TIME_WAIT
+	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if !ev.TimeWait || ev.Into() != tcpstate.TimeWait {
+		t.Fatalf("time wait flag: %+v", ev)
+	}
+}
+
 func TestDecodeRejectsShortAndUnknown(t *testing.T) {
 	var ev event.Event
 	if err := decode(rawOf(v4Sample())[:rawEventSize-1], 0, testReasons, &ev); !errors.Is(err, errShortSample) {

@@ -105,6 +105,7 @@ const (
 	tcptraceEventFlagEVENT_OWNER_UNKNOWN    tcptraceEventFlag = 4
 	tcptraceEventFlagEVENT_OWNER_UNVERIFIED tcptraceEventFlag = 8
 	tcptraceEventFlagEVENT_OWNER_EXITED     tcptraceEventFlag = 16
+	tcptraceEventFlagEVENT_TIME_WAIT        tcptraceEventFlag = 32
 )
 
 type tcptraceFate struct {
