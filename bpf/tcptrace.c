@@ -1226,11 +1226,13 @@ static __always_inline int handle_other_drop(const struct sk_buff *skb, __u32 re
  * kfree_skb without a reason (NOT_SPECIFIED) is left out: in TCP it is mostly
  * the second half of a listen drop reported already (the discarded final ACK
  * before 6.15) or a socket's teardown, and kfree_skb_reason() marks the drops
- * TCP names.
+ * TCP names. So is QUEUE_PURGE: what a socket being destroyed still has
+ * queued, which kernels before the reason freed as NOT_SPECIFIED (6.18: most
+ * graceful closes, the FIN that came with the last ACK). No packet is lost.
  */
 static __always_inline int handle_kfree_other(const struct sk_buff *skb, __u32 reason, const struct sock *sk)
 {
-	if (reason == cfg.reason_not_specified)
+	if (reason == cfg.reason_not_specified || (cfg.reason_queue_purge && reason == cfg.reason_queue_purge))
 		return 0;
 	return handle_other_drop(skb, reason, sk);
 }

@@ -141,6 +141,7 @@ struct config {
 	__u8 emit_drops;    /* send drops (--events drops) */
 	__u32 reason_listen_overflow; /* SKB_DROP_REASON_TCP_LISTEN_OVERFLOW here, 0 if none */
 	__u32 reason_not_specified;   /* SKB_DROP_REASON_NOT_SPECIFIED here */
+	__u32 reason_queue_purge;     /* SKB_DROP_REASON_QUEUE_PURGE here, 0 if none */
 	__u8 test_unseen_state; /* tests: act as if no program ran for changes into this state */
 	__u8 pad[3];
 	__u64 watch_busy_ns; /* how long the listener walk leaves a listener with a queue check under way */

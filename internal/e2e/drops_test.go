@@ -18,9 +18,40 @@ import (
 // per-namespace ground truth.
 func netstat(t *testing.T, pid int) map[string]uint64 {
 	t.Helper()
-	f, err := os.Open(fmt.Sprintf("/proc/%d/net/netstat", pid))
+	m, err := readCounters(fmt.Sprintf("/proc/%d/net/netstat", pid), "TcpExt:")
 	if err != nil {
 		t.Fatal(err)
+	}
+	return m
+}
+
+// nsCounters reads ns's own TcpExt counters (/proc/net/netstat) and Tcp
+// counters (/proc/net/snmp) in one map; no process of ns needs to be alive.
+func nsCounters(t *testing.T, ns *netNS) map[string]uint64 {
+	t.Helper()
+	var m map[string]uint64
+	err := ns.do(func() (err error) {
+		if m, err = readCounters("/proc/thread-self/net/netstat", "TcpExt:"); err != nil {
+			return err
+		}
+		snmp, err := readCounters("/proc/thread-self/net/snmp", "Tcp:")
+		for k, v := range snmp {
+			m[k] = v
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// readCounters reads the counters of the lines that start with prefix (a
+// line of names, then a line of values) from a file such as /proc/net/netstat.
+func readCounters(path, prefix string) (map[string]uint64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
@@ -28,7 +59,7 @@ func netstat(t *testing.T, pid int) map[string]uint64 {
 	out := map[string]uint64{}
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) == 0 || fields[0] != "TcpExt:" {
+		if len(fields) == 0 || fields[0] != prefix {
 			continue
 		}
 		if names == nil {
@@ -40,7 +71,7 @@ func netstat(t *testing.T, pid int) map[string]uint64 {
 			out[names[i]] = n
 		}
 	}
-	return out
+	return out, sc.Err()
 }
 
 // closeAndCount closes the listener, reads its namespace's counters, then
@@ -368,5 +399,40 @@ func TestDropsOther(t *testing.T) {
 	if r.KernelReason == nil || *r.KernelReason != "no_socket" || r.LAddr != "127.0.0.1" || r.RAddr != "127.0.0.1" ||
 		int(r.RPort) != port || r.Count != 1 || r.PID != 0 || r.Backlog != nil {
 		t.Errorf("record %s: want no_socket 127.0.0.1:7079 <- 127.0.0.1:%d, count 1, no owner, no queues", r, port)
+	}
+}
+
+// TestNoDropsInOrdinaryTraffic: short connections that all complete drop no
+// packet, so the stream must carry no drop record for them. Kernels from 6.7
+// name what a socket being destroyed still has queued QUEUE_PURGE (on 6.18,
+// the FIN of most graceful closes: 1,715 of 2,000 such connections, before
+// tcptrace left the reason out); it lost nothing, and older kernels freed
+// the same as NOT_SPECIFIED.
+func TestNoDropsInOrdinaryTraffic(t *testing.T) {
+	needRoot(t)
+	const n = 500
+	ns := newNetNS(t)
+	tr := startTracer(t, "--events", "drops", "-v")
+	before := nsCounters(t, ns)
+	w := startRole(t, ns, "storm", "-addr", "127.0.0.1:7083", "-n", strconv.Itoa(n))
+	w.expect("done")
+	w.wait()
+	after := nsCounters(t, ns)
+	tr.stopClean()
+	// A retransmission (an emulated VM can be slow enough) may bring a real
+	// drop, a duplicate segment: then only QUEUE_PURGE records are wrong.
+	retrans := after["RetransSegs"] - before["RetransSegs"]
+	var bad []record
+	for _, r := range tr.records("drop", ns) {
+		if retrans == 0 || r.Reason == "queue_purge" {
+			bad = append(bad, r)
+		}
+	}
+	if len(bad) != 0 {
+		t.Errorf("%d drop records for %d complete connections (%d segments retransmitted), e.g. %s",
+			len(bad), n, retrans, bad[0])
+	}
+	if _, ok := after["RetransSegs"]; !ok {
+		t.Errorf("no RetransSegs in /proc/net/snmp: %v", after)
 	}
 }

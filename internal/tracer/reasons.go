@@ -12,6 +12,7 @@ type dropReasons struct {
 	names          map[uint32]string // lower case, without SKB_DROP_REASON_
 	listenOverflow uint32            // SKB_DROP_REASON_TCP_LISTEN_OVERFLOW, 0 if absent
 	notSpecified   uint32            // SKB_DROP_REASON_NOT_SPECIFIED
+	queuePurge     uint32            // SKB_DROP_REASON_QUEUE_PURGE, 0 if absent
 }
 
 func loadDropReasons(spec *btf.Spec) *dropReasons {
@@ -28,6 +29,8 @@ func loadDropReasons(spec *btf.Spec) *dropReasons {
 			r.listenOverflow = uint32(v.Value)
 		case "not_specified":
 			r.notSpecified = uint32(v.Value)
+		case "queue_purge":
+			r.queuePurge = uint32(v.Value)
 		}
 	}
 	return r

@@ -26,8 +26,10 @@ type tcptraceConfig struct {
 	_                    [2]byte
 	ReasonListenOverflow uint32
 	ReasonNotSpecified   uint32
+	ReasonQueuePurge     uint32
 	TestUnseenState      uint8
 	Pad                  [3]uint8
+	_                    [4]byte
 	WatchBusyNs          uint64
 }
 

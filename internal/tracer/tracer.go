@@ -504,7 +504,8 @@ const watchBusy = 10 * time.Millisecond
 func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *dropReasons) error {
 	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes,
 		ReasonListenOverflow: reasons.listenOverflow, ReasonNotSpecified: reasons.notSpecified,
-		WatchBusyNs: uint64(watchBusy), TestUnseenState: opts.UnseenState}
+		ReasonQueuePurge: reasons.queuePurge,
+		WatchBusyNs:      uint64(watchBusy), TestUnseenState: opts.UnseenState}
 	if opts.EmitStates {
 		cfg.EmitStates = 1
 	}
