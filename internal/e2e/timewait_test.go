@@ -225,9 +225,9 @@ func testTimeWait(t *testing.T, kind string) {
 	}
 
 	// --state TIME_WAIT: exactly those, from the socket's owner.
-	got := tw.waitStates(ns, len(want))
-	tw.stopClean()
-	got = tw.states(ns)
+	tw.waitStates(ns, len(want))
+	tw.stopClean() // then nothing more may come
+	got := tw.states(ns)
 	seen := map[string]bool{}
 	for _, r := range got {
 		key := fmt.Sprintf("%d %d", r.LPort, r.RPort)

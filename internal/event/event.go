@@ -122,8 +122,8 @@ type ClientCount struct {
 	Count uint64
 }
 
-// Into is the state the connection entered as ss shows it: TIME_WAIT for a
-// change into CLOSE that left a timewait socket in the socket's place.
+// Into is the state the connection entered: TIME_WAIT for a change into
+// CLOSE that left a timewait socket in the socket's place, else NewState.
 func (e *Event) Into() tcpstate.State {
 	if e.TimeWait {
 		return tcpstate.TimeWait
