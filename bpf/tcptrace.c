@@ -437,10 +437,9 @@ static __always_inline void reborn(const struct sock *sk, __u64 skaddr, struct s
 /*
  * No socket ever changes into TIME_WAIT: tcp_time_wait() puts a timewait
  * socket in the connection's place and closes the full socket, FIN_WAIT2 or
- * CLOSING -> CLOSE. That is the only graceful way out of those two states;
- * the others (a reset, a timeout) set sk_err first. (Also without an error,
- * and so also counted here: an abort of a socket already in FIN_WAIT2 or
- * CLOSING by its application, and a timewait table too full to take one.)
+ * CLOSING -> CLOSE. A reset or a timeout sets sk_err first. (Also without an
+ * error, and so also counted here: an abort of a socket already in FIN_WAIT2
+ * or CLOSING by its application, and a timewait table too full to take one.)
  */
 static __always_inline bool closed_into_time_wait(const struct sock *sk, int oldstate, int newstate, const bool btf)
 {
