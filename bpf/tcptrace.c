@@ -441,10 +441,9 @@ static __always_inline void reborn(const struct sock *sk, __u64 skaddr, struct s
  * error, and so also counted here: an abort of a socket already in FIN_WAIT2
  * or CLOSING by its application, and a timewait table too full to take one.)
  */
-static __always_inline bool closed_into_time_wait(const struct sock *sk, int oldstate, int newstate, const bool btf)
+static __always_inline bool closed_into_time_wait(int oldstate, int newstate, __u16 error)
 {
-	return newstate == TCP_CLOSE && (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) &&
-	       READ(btf, sk, sk_err) == 0;
+	return newstate == TCP_CLOSE && (oldstate == TCP_FIN_WAIT2 || oldstate == TCP_CLOSING) && error == 0;
 }
 
 /* Whether a change from oldstate to newstate is wanted by --state and
@@ -587,7 +586,15 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	e.owner = si->owner;
 	e.flags |= owner_flags(&si->owner);
 	e.rport = remote_port(sk, btf);
-	if (closed_into_time_wait(sk, oldstate, newstate, btf))
+	/* What the socket died of: tcp_reset() (ECONNRESET, ECONNREFUSED in
+	 * SYN_SENT, EPIPE in CLOSE_WAIT), tcp_write_err() (ETIMEDOUT after the
+	 * retransmissions, SYN retries or keepalive probes ran out, or the soft
+	 * error an ICMP message left) and ICMP errors in SYN_SENT set sk_err
+	 * before tcp_done() closes it; the application's own close or abort
+	 * leaves it 0. */
+	if (newstate == TCP_CLOSE)
+		e.error = READ(btf, sk, sk_err);
+	if (closed_into_time_wait(oldstate, newstate, e.error))
 		e.flags |= EVENT_TIME_WAIT;
 
 	/* An event that must wait for its socket's port or address (and the

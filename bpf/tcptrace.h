@@ -87,7 +87,8 @@ struct event {
 	__u16 rport;       /* host byte order */
 	__u8 oldstate;
 	__u8 newstate;
-	__u8 pad[4];
+	__u16 error;       /* at a change into CLOSE: the socket's error (sk_err: ECONNRESET, ETIMEDOUT, ...), 0 for none */
+	__u8 pad[2];
 	__u8 saddr[16];    /* network byte order; IPv4 in the first 4 bytes */
 	__u8 daddr[16];
 	struct owner owner;

@@ -28,6 +28,7 @@ type record struct {
 	OldState     string   `json:"old_state"`
 	NewState     string   `json:"new_state"`
 	TimeWait     *bool    `json:"time_wait"`
+	Error        *string  `json:"error"`
 	InStateMS    *float64 `json:"in_state_ms"`
 	PIDs         []int    `json:"pids"`
 	Cgroup       *string  `json:"cgroup"`

@@ -87,6 +87,8 @@ func runWorkload(role string, args []string) error {
 		return runChurn(in, *network, *addr, *clients)
 	case "timewait":
 		return runTimeWait(in, *addr, *count)
+	case "closeerr":
+		return runCloseErrors(in, *addr)
 	case "storm":
 		if *clients > 1 {
 			return runParallelStorm(*network, *addr, *count, *clients)

@@ -5,6 +5,7 @@ package event
 
 import (
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
@@ -83,6 +84,10 @@ type Event struct {
 	// TimeWait: this change into CLOSE handed the connection to a timewait
 	// socket (the kernel never moves a socket into TIME_WAIT itself).
 	TimeWait bool
+	// Error is, on a change into CLOSE, the error the socket closed with
+	// (the kernel's sk_err: ECONNRESET for a reset, ETIMEDOUT when
+	// retransmissions or keepalive probes ran out, ...); 0 for none.
+	Error syscall.Errno
 	// InState is the time spent in OldState; valid when InStateKnown.
 	InState      time.Duration
 	InStateKnown bool

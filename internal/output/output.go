@@ -12,8 +12,11 @@ import (
 	"math/bits"
 	"net/netip"
 	"strconv"
+	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
@@ -39,7 +42,7 @@ func ParseFormat(s string) (Format, error) {
 }
 
 const (
-	textHeader   = "TIME         PID     COMM            LOCAL                  REMOTE                 OLD          NEW          MS\n"
+	textHeader   = "TIME         PID     COMM            LOCAL                  REMOTE                 OLD          NEW          MS         ERROR\n"
 	addrColWidth = 22
 )
 
@@ -297,6 +300,7 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 		b = append(b, e.Into().String()...)
 	}
 	b = padTo(b, start, 13)
+	start = len(b)
 	switch {
 	case stuck && !e.InStateKnown:
 		b = append(b, ">="...) // a lower bound
@@ -306,7 +310,21 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	default:
 		b = append(b, '-')
 	}
+	if e.Error != 0 {
+		b = padTo(b, start, 11)
+		b = appendErrno(b, e.Error)
+	}
 	return append(b, '\n')
+}
+
+// appendErrno appends the errno's name as the C library spells it
+// (ECONNRESET), which is what applications log.
+func appendErrno(b []byte, err syscall.Errno) []byte {
+	if name := unix.ErrnoName(err); name != "" {
+		return append(b, name...)
+	}
+	b = append(b, "errno "...)
+	return appendUint(b, uint64(err))
 }
 
 // appendMillis appends d in milliseconds with three decimals, rounded to the
@@ -424,9 +442,13 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, e.NewState.String()...)
 		switch {
 		case e.TimeWait:
-			b = append(b, `","time_wait":true,"in_state_ms":`...)
+			b = append(b, `","time_wait":true,"error":null,"in_state_ms":`...)
+		case e.NewState == tcpstate.Close && e.Error != 0:
+			b = append(b, `","time_wait":false,"error":"`...)
+			b = appendErrno(b, e.Error)
+			b = append(b, `","in_state_ms":`...)
 		case e.NewState == tcpstate.Close:
-			b = append(b, `","time_wait":false,"in_state_ms":`...)
+			b = append(b, `","time_wait":false,"error":null,"in_state_ms":`...)
 		default:
 			b = append(b, `","in_state_ms":`...)
 		}

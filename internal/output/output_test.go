@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -608,5 +609,59 @@ func TestTimeWait(t *testing.T) {
 		if got := fmt.Sprint(v); ok != (tc.want != "") || ok && got != tc.want || m["new_state"] != tc.newState.String() {
 			t.Errorf("%v (time wait %v): time_wait %v (present %v), new_state %v", tc.newState, tc.timeWait, v, ok, m["new_state"])
 		}
+	}
+}
+
+// A change into CLOSE carries the error the socket died of: text in the
+// ERROR column under its header, JSON as "error" (null when none, absent on
+// other changes).
+func TestCloseError(t *testing.T) {
+	e := sample()
+	e.OldState, e.NewState, e.Error = tcpstate.Established, tcpstate.Close, syscall.ECONNRESET
+	line := string(AppendText(nil, e, time.UTC))
+	if want := "ESTABLISHED  CLOSE        1.235      ECONNRESET\n"; !strings.HasSuffix(line, want) {
+		t.Errorf("text %q, want it to end in %q", line, want)
+	}
+	if i := strings.Index(textHeader, "ERROR"); i < 0 || i >= len(line) || line[i-1] != ' ' || line[i] != 'E' {
+		t.Errorf("ERROR at %d of the header does not start the error in %q", i, line)
+	}
+	e.Error = 4095 // no name
+	if line := string(AppendText(nil, e, time.UTC)); !strings.HasSuffix(line, " errno 4095\n") {
+		t.Errorf("text %q, want the number of an unnamed errno", line)
+	}
+	for _, tc := range []struct {
+		newState tcpstate.State
+		timeWait bool
+		err      syscall.Errno
+		want     string // the error value, "" for none
+	}{
+		{tcpstate.Close, false, syscall.ETIMEDOUT, "ETIMEDOUT"},
+		{tcpstate.Close, false, syscall.ECONNREFUSED, "ECONNREFUSED"},
+		{tcpstate.Close, false, 0, "<nil>"},
+		{tcpstate.Close, true, 0, "<nil>"},
+		{tcpstate.CloseWait, false, 0, ""},
+	} {
+		e.NewState, e.TimeWait, e.Error = tc.newState, tc.timeWait, tc.err
+		if tc.err == 0 {
+			if line := string(AppendText(nil, e, time.UTC)); !strings.HasSuffix(line, " 1.235\n") {
+				t.Errorf("text %q: no error, yet something follows MS", line)
+			}
+		}
+		var m map[string]any
+		if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+			t.Fatal(err)
+		}
+		v, ok := m["error"]
+		if got := fmt.Sprint(v); ok != (tc.want != "") || ok && got != tc.want {
+			t.Errorf("%v (error %d): error %v (present %v), want %q", tc.newState, tc.err, v, ok, tc.want)
+		}
+	}
+	e.NewState, e.TimeWait, e.Error = tcpstate.Close, false, syscall.ECONNRESET
+	buf := make([]byte, 0, 512)
+	if n := testing.AllocsPerRun(100, func() {
+		buf = AppendJSON(buf[:0], e)
+		buf = AppendText(buf[:0], e, time.UTC)
+	}); n != 0 {
+		t.Errorf("%v allocations per record with an error, want 0", n)
 	}
 }

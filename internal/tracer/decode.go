@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -56,6 +57,7 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 		OldState: tcpstate.State(r.Oldstate),
 		NewState: tcpstate.State(r.Newstate),
 		TimeWait: r.Flags&tcptraceEventFlagEVENT_TIME_WAIT != 0,
+		Error:    syscall.Errno(r.Error),
 	}
 	if r.Flags&tcptraceEventFlagEVENT_OWNER_UNKNOWN == 0 {
 		setOwner(&r.Owner, ev)

@@ -2,6 +2,7 @@ package tracer
 
 import (
 	"errors"
+	"syscall"
 	"testing"
 	"time"
 	"unsafe"
@@ -104,6 +105,18 @@ func TestDecodeTimeWait(t *testing.T) {
 	}
 	if !ev.TimeWait || ev.Into() != tcpstate.TimeWait {
 		t.Fatalf("time wait flag: %+v", ev)
+	}
+}
+
+func TestDecodeError(t *testing.T) {
+	var ev event.Event
+	r := v4Sample()
+	r.Newstate, r.Error = uint8(tcpstate.Close), uint16(syscall.ETIMEDOUT)
+	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Error != syscall.ETIMEDOUT {
+		t.Fatalf("error %v, want ETIMEDOUT", ev.Error)
 	}
 }
 

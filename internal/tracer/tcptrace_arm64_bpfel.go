@@ -93,7 +93,8 @@ type tcptraceEvent struct {
 	Rport     uint16
 	Oldstate  uint8
 	Newstate  uint8
-	Pad       [4]uint8
+	Error     uint16
+	Pad       [2]uint8
 	Saddr     [16]uint8
 	Daddr     [16]uint8
 	Owner     tcptraceOwner

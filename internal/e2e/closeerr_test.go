@@ -1,0 +1,245 @@
+package e2e
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// runCloseErrors ends one connection of each kind and says, per kind, the
+// client's port and the error its application got ("-" for none):
+// "reset" (the server aborts; the client's read gets ECONNRESET), "epipe"
+// (the server closes, the client writes into the dead connection until its
+// write gets EPIPE), "graceful" (the client closes first), "refused" (a
+// connect to port+1, where nothing listens), "timeout" (a connect with one
+// SYN retry to port+2, whose listener never accepts and has backlog 0: with
+// syncookies off it drops SYNs once its queue is full; "timeout" lines until
+// one connect got ETIMEDOUT). Then "done", and it stays until "exit".
+func runCloseErrors(in *bufio.Reader, addr string) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	pair := func() (c, s *net.TCPConn, err error) {
+		cc, err := net.Dial("tcp4", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		sc, err := ln.Accept()
+		if err != nil {
+			return nil, nil, err
+		}
+		return cc.(*net.TCPConn), sc.(*net.TCPConn), nil
+	}
+	say := func(kind string, port int, err error) {
+		name := "-"
+		var errno syscall.Errno
+		if errors.As(err, &errno) {
+			name = unix.ErrnoName(errno)
+		}
+		fmt.Printf("%s %d %s\n", kind, port, name)
+	}
+	port := func(c net.Conn) int { return c.LocalAddr().(*net.TCPAddr).Port }
+
+	c, s, err := pair()
+	if err != nil {
+		return err
+	}
+	s.SetLinger(0) // close sends a reset
+	s.Close()
+	_, err = c.Read(make([]byte, 1))
+	say("reset", port(c), err)
+	c.Close()
+
+	if c, s, err = pair(); err != nil {
+		return err
+	}
+	s.Close()
+	if err := waitTCPState(c, unix.BPF_TCP_CLOSE_WAIT); err != nil {
+		return err
+	}
+	// The first write goes out and is answered with a reset; a write after it fails.
+	for deadline := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(deadline); {
+		_, err = c.Write([]byte("x"))
+		time.Sleep(10 * time.Millisecond)
+	}
+	say("epipe", port(c), err)
+	c.Close()
+
+	if c, s, err = pair(); err != nil {
+		return err
+	}
+	c.Close()
+	if _, err := io.Copy(io.Discard, s); err != nil {
+		return err
+	}
+	s.Close()
+	say("graceful", port(c), nil)
+
+	// No listener at port+1.
+	p, fd, err := connectOnce(ap.Addr(), ap.Port()+1)
+	syscall.Close(fd)
+	say("refused", p, err)
+
+	// A listener at port+2 that never accepts, with backlog 0: its queue
+	// takes one connection or none (kernels differ), then drops SYNs. The
+	// connections it takes stay open till exit, so none ends before "done".
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(lfd)
+	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Port: int(ap.Port() + 2), Addr: ap.Addr().As4()}); err != nil {
+		return err
+	}
+	if err := syscall.Listen(lfd, 0); err != nil {
+		return err
+	}
+	for i := 0; i < 3; i++ {
+		p, fd, err := connectOnce(ap.Addr(), ap.Port()+2)
+		say("timeout", p, err)
+		if err != nil {
+			syscall.Close(fd)
+			break
+		}
+		defer syscall.Close(fd)
+	}
+
+	fmt.Println("done")
+	waitLine(in, "exit")
+	return nil
+}
+
+// connectOnce connects a new socket bound to addr:0 to addr:port with one
+// SYN retry (a timeout after about 3 s) and returns its local port, the
+// socket and connect()'s error.
+func connectOnce(addr netip.Addr, port uint16) (int, int, error) {
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return 0, -1, err
+	}
+	if err := syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, unix.TCP_SYNCNT, 1); err != nil {
+		return 0, fd, err
+	}
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: addr.As4()}); err != nil {
+		return 0, fd, err
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return 0, fd, err
+	}
+	return sa.(*syscall.SockaddrInet4).Port, fd, syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(port), Addr: addr.As4()})
+}
+
+// TestCloseErrors: a change into CLOSE names the error the socket died of,
+// the one its application got (the client's read, write or connect), and
+// none where the socket closed without one (the application's own abort, a
+// graceful close); with the namespace's EstabResets and AttemptFails
+// counters to show the workload did what it says; on every hook path at once.
+func TestCloseErrors(t *testing.T) {
+	needRoot(t)
+	const port = 7041
+	ns := newNetNS(t)
+	if err := ns.sysctl("net/ipv4/tcp_syncookies", "0"); err != nil {
+		t.Fatal(err)
+	}
+	kinds := []string{"default", "raw_tp", "tracepoint"}
+	tracers := map[string]*tracerProc{}
+	for _, kind := range kinds {
+		args := []string{"--events", "states", "--state", "CLOSE"}
+		if kind != "default" {
+			args = append(args, "--hook-kind", kind)
+		}
+		tracers[kind] = startTracer(t, args...)
+	}
+	before := nsCounters(t, ns)
+	w := startRole(t, ns, "closeerr", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
+	defer func() { w.send("exit"); w.wait() }()
+
+	// What each client socket's application got, and what each change into
+	// CLOSE must say: "lport rport" -> error ("" for none).
+	want := map[string]string{}
+	from := map[string]string{} // the old state the test means to produce
+	for _, c := range []struct{ kind, want, serverWant, from, serverFrom string }{
+		{"reset", "ECONNRESET", "", "ESTABLISHED", "ESTABLISHED"},
+		{"epipe", "EPIPE", "", "CLOSE_WAIT", "FIN_WAIT2"},
+		{"graceful", "-", "", "FIN_WAIT2", "LAST_ACK"},
+		{"refused", "ECONNREFUSED", "", "SYN_SENT", ""},
+		{"timeout", "ETIMEDOUT", "", "SYN_SENT", ""},
+	} {
+		fs := strings.Fields(w.expectWithin(c.kind, 30*time.Second))
+		for c.kind == "timeout" && len(fs) == 2 && fs[1] == "-" {
+			fs = strings.Fields(w.expectWithin(c.kind, 30*time.Second)) // one the queue took
+		}
+		if len(fs) != 2 || fs[1] != c.want {
+			t.Fatalf("%s: the application got %q, want %s: the workload did not do what the test needs", c.kind, fs, c.want)
+		}
+		rport := port
+		switch c.kind {
+		case "refused":
+			rport = port + 1
+		case "timeout":
+			rport = port + 2
+		}
+		key := fmt.Sprintf("%s %d", fs[0], rport)
+		want[key], from[key] = strings.TrimPrefix(c.want, "-"), c.from
+		if c.serverFrom != "" {
+			key = fmt.Sprintf("%d %s", port, fs[0])
+			want[key], from[key] = c.serverWant, c.serverFrom
+		}
+	}
+	w.expect("done")
+
+	after := nsCounters(t, ns)
+	for name, n := range map[string]uint64{
+		"EstabResets":  3, // the reset client, the aborting server, the epipe client
+		"AttemptFails": 2, // refused, timeout
+	} {
+		if d := after[name] - before[name]; d != n {
+			t.Errorf("%s grew by %d, want %d: the workload did not do what the test expects", name, d, n)
+		}
+	}
+
+	for _, kind := range kinds {
+		tr := tracers[kind]
+		closes := func() map[string]record {
+			out := map[string]record{}
+			for _, r := range tr.states(ns) {
+				if r.OldState != "LISTEN" {
+					out[fmt.Sprintf("%d %d", r.LPort, r.RPort)] = r
+				}
+			}
+			return out
+		}
+		for deadline := time.Now().Add(waitLong); len(closes()) < len(want) && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		got := closes()
+		for key, r := range got {
+			e := ""
+			if r.Error != nil {
+				e = *r.Error
+			}
+			if we, ok := want[key]; !ok || e != we || r.OldState != from[key] || r.NewState != "CLOSE" || r.PID != w.pid() {
+				t.Errorf("%s: error %q from %s, want %q from %s, owner %d: %s", kind, e, r.OldState, we, from[key], w.pid(), r)
+			}
+		}
+		if len(got) != len(want) {
+			t.Errorf("%s: %d changes into CLOSE, want %d:\n%s", kind, len(got), len(want), dump(tr.states(ns)))
+		}
+	}
+}
