@@ -214,21 +214,22 @@ func TestCloseErrors(t *testing.T) {
 		}
 	}
 
+	// Every change into CLOSE of the connections, read once each tracer has
+	// stopped (the last started first: it may have mounted tracefs).
 	for _, kind := range kinds {
 		tr := tracers[kind]
-		closes := func() map[string]record {
-			out := map[string]record{}
-			for _, r := range tr.states(ns) {
-				if r.OldState != "LISTEN" {
-					out[fmt.Sprintf("%d %d", r.LPort, r.RPort)] = r
-				}
+		for deadline := time.Now().Add(waitLong); time.Now().Before(deadline); {
+			if got, _ := closesOf(tr, ns); len(got) >= len(want) {
+				break
 			}
-			return out
-		}
-		for deadline := time.Now().Add(waitLong); len(closes()) < len(want) && time.Now().Before(deadline); {
 			time.Sleep(20 * time.Millisecond)
 		}
-		got := closes()
+	}
+	for i := len(kinds) - 1; i >= 0; i-- {
+		tracers[kinds[i]].stopClean()
+	}
+	for _, kind := range kinds {
+		got, n := closesOf(tracers[kind], ns)
 		for key, r := range got {
 			e := ""
 			if r.Error != nil {
@@ -238,8 +239,22 @@ func TestCloseErrors(t *testing.T) {
 				t.Errorf("%s: error %q from %s, want %q from %s, owner %d: %s", kind, e, r.OldState, we, from[key], w.pid(), r)
 			}
 		}
-		if len(got) != len(want) {
-			t.Errorf("%s: %d changes into CLOSE, want %d:\n%s", kind, len(got), len(want), dump(tr.states(ns)))
+		if len(got) != len(want) || n != len(got) {
+			t.Errorf("%s: %d changes into CLOSE of %d sockets, want one each of %d:\n%s",
+				kind, n, len(got), len(want), dump(tracers[kind].states(ns)))
 		}
 	}
+}
+
+// closesOf returns tr's changes into CLOSE in ns but listeners', by
+// "lport rport", and how many there were.
+func closesOf(tr *tracerProc, ns *netNS) (map[string]record, int) {
+	out, n := map[string]record{}, 0
+	for _, r := range tr.states(ns) {
+		if r.OldState != "LISTEN" {
+			out[fmt.Sprintf("%d %d", r.LPort, r.RPort)] = r
+			n++
+		}
+	}
+	return out, n
 }

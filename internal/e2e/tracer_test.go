@@ -137,7 +137,16 @@ func newTracerOpts(t *testing.T, discard bool, args ...string) *tracerProc {
 		}
 		io.Copy(io.Discard, stdout)
 	}()
-	t.Cleanup(func() { p.cmd.Process.Kill() })
+	// Interrupt first: killed, a tracer that mounted tracefs would leave it
+	// mounted, and later tests would find the system changed.
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.exited:
+		case <-time.After(3 * time.Second):
+			p.cmd.Process.Kill()
+		}
+	})
 	return p
 }
 
