@@ -23,7 +23,8 @@ import (
 // connect to port+1, where nothing listens), "timeout" (a connect with one
 // SYN retry to port+2, whose listener never accepts and has backlog 0: with
 // syncookies off it drops SYNs once its queue is full; "timeout" lines until
-// one connect got ETIMEDOUT). Then "done", and it stays until "exit".
+// one connect got ETIMEDOUT, and another after an "again" line). Then "done",
+// and it stays until "exit".
 func runCloseErrors(in *bufio.Reader, addr string) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -109,14 +110,19 @@ func runCloseErrors(in *bufio.Reader, addr string) error {
 	if err := syscall.Listen(lfd, 0); err != nil {
 		return err
 	}
-	for i := 0; i < 3; i++ {
+	for taken := 0; taken < 3; {
 		p, fd, err := connectOnce(ap.Addr(), ap.Port()+2)
 		say("timeout", p, err)
-		if err != nil {
-			syscall.Close(fd)
+		if err == nil {
+			defer syscall.Close(fd)
+			taken++
+			continue
+		}
+		syscall.Close(fd)
+		// The test asks for another when no tracer saw this one.
+		if line, err := in.ReadString('\n'); err != nil || strings.TrimSpace(line) != "again" {
 			break
 		}
-		defer syscall.Close(fd)
 	}
 
 	fmt.Println("done")
@@ -179,21 +185,14 @@ func TestCloseErrors(t *testing.T) {
 		{"epipe", "EPIPE", "", "CLOSE_WAIT", "FIN_WAIT2"},
 		{"graceful", "-", "", "FIN_WAIT2", "LAST_ACK"},
 		{"refused", "ECONNREFUSED", "", "SYN_SENT", ""},
-		{"timeout", "ETIMEDOUT", "", "SYN_SENT", ""},
 	} {
 		fs := strings.Fields(w.expectWithin(c.kind, 30*time.Second))
-		for c.kind == "timeout" && len(fs) == 2 && fs[1] == "-" {
-			fs = strings.Fields(w.expectWithin(c.kind, 30*time.Second)) // one the queue took
-		}
 		if len(fs) != 2 || fs[1] != c.want {
 			t.Fatalf("%s: the application got %q, want %s: the workload did not do what the test needs", c.kind, fs, c.want)
 		}
 		rport := port
-		switch c.kind {
-		case "refused":
+		if c.kind == "refused" {
 			rport = port + 1
-		case "timeout":
-			rport = port + 2
 		}
 		key := fmt.Sprintf("%s %d", fs[0], rport)
 		want[key], from[key] = strings.TrimPrefix(c.want, "-"), c.from
@@ -202,12 +201,51 @@ func TestCloseErrors(t *testing.T) {
 			want[key], from[key] = c.serverWant, c.serverFrom
 		}
 	}
+
+	// The timeout's CLOSE comes from a timer. On some machines a change the
+	// kernel makes in a softirq now and then reaches no BPF program at all
+	// (README: the known defect), and then no tracer has it: that connect is
+	// tried again, up to three times. (A tracer missing what another got
+	// still fails below.)
+	missed := map[string]bool{} // timeouts no tracer saw: if one did later, it must be right
+	timeouts := 0
+	for {
+		fs := strings.Fields(w.expectWithin("timeout", 30*time.Second))
+		for len(fs) == 2 && fs[1] == "-" {
+			fs = strings.Fields(w.expectWithin("timeout", 30*time.Second)) // one the queue took
+		}
+		if len(fs) != 2 || fs[1] != "ETIMEDOUT" {
+			t.Fatalf("timeout: the application got %q, want ETIMEDOUT: the workload did not do what the test needs", fs)
+		}
+		timeouts++
+		key := fmt.Sprintf("%s %d", fs[0], port+2)
+		seen := false
+		for deadline := time.Now().Add(5 * time.Second); !seen && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+			for _, tr := range tracers {
+				if got, _ := closesOf(tr, ns); got[key].NewState != "" {
+					seen = true
+				}
+			}
+		}
+		if seen {
+			want[key], from[key] = "ETIMEDOUT", "SYN_SENT"
+			w.send("enough")
+			break
+		}
+		if timeouts == 3 {
+			t.Fatalf("timeout: no tracer got the change into CLOSE of any of 3 connects that timed out")
+		}
+		t.Logf("timeout: no tracer got the change into CLOSE of %s; again", key)
+		missed[key], from[key] = true, "SYN_SENT"
+		w.send("again")
+	}
 	w.expect("done")
 
 	after := nsCounters(t, ns)
 	for name, n := range map[string]uint64{
-		"EstabResets":  3, // the reset client, the aborting server, the epipe client
-		"AttemptFails": 2, // refused, timeout
+		"EstabResets":  3,                    // the reset client, the aborting server, the epipe client
+		"AttemptFails": 1 + uint64(timeouts), // refused, timeouts
 	} {
 		if d := after[name] - before[name]; d != n {
 			t.Errorf("%s grew by %d, want %d: the workload did not do what the test expects", name, d, n)
@@ -235,7 +273,13 @@ func TestCloseErrors(t *testing.T) {
 			if r.Error != nil {
 				e = *r.Error
 			}
-			if we, ok := want[key]; !ok || e != we || r.OldState != from[key] || r.NewState != "CLOSE" || r.PID != w.pid() {
+			we, ok := want[key]
+			if missed[key] {
+				we, ok = "ETIMEDOUT", true
+				delete(got, key)
+				n--
+			}
+			if !ok || e != we || r.OldState != from[key] || r.NewState != "CLOSE" || r.PID != w.pid() {
 				t.Errorf("%s: error %q from %s, want %q from %s, owner %d: %s", kind, e, r.OldState, we, from[key], w.pid(), r)
 			}
 		}
