@@ -448,9 +448,11 @@ static __always_inline bool closed_into_time_wait(int oldstate, int newstate, __
 
 /* Whether a change from oldstate to newstate is wanted by --state and
  * friends; --state TIME_WAIT selects the changes that hand a connection to
- * a timewait socket. */
-static __always_inline bool change_wanted(int oldstate, int newstate, __u32 flags)
+ * a timewait socket, --errors the closes with an error. */
+static __always_inline bool change_wanted(int oldstate, int newstate, __u32 flags, __u16 error)
 {
+	if (cfg.errors_only && !error)
+		return false;
 	if (!cfg.state_mask && !cfg.old_state_mask)
 		return true;
 	if ((flags & EVENT_TIME_WAIT) && (cfg.state_mask & (1u << TCP_TIME_WAIT)))
@@ -603,7 +605,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	bool late = (oldstate == TCP_CLOSE && newstate == TCP_SYN_SENT && e.lport == 0) ||
 		    (oldstate == TCP_LISTEN && newstate == TCP_SYN_RECV && e.rport == 0);
 	bool traced = pid_wanted(&e) && (late || port_wanted(&e));
-	bool wanted = traced && change_wanted(oldstate, newstate, e.flags);
+	bool wanted = traced && change_wanted(oldstate, newstate, e.flags, e.error);
 	bool hold = wanted && late;
 	/* Changed from another state than the one last recorded: the kernel
 	 * made a change in between that no program saw. */

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,5 +140,36 @@ func TestPipelineTimeWait(t *testing.T) {
 	p.Idle()
 	if out := buf.String(); strings.Count(out, `"type":"state"`) != 1 || !strings.Contains(out, `"time_wait":true`) {
 		t.Fatalf("--state TIME_WAIT kept:\n%s", out)
+	}
+}
+
+// --errors keeps only closes with an error, also when the kernel lets every
+// CLOSE_WAIT change through for the alert.
+func TestPipelineErrorsOnly(t *testing.T) {
+	c, err := Parse([]string{"--errors"})
+	if err != nil || !c.ErrorsOnly || c.StateMask() != 0 {
+		t.Fatalf("--errors: %+v, %v", c, err)
+	}
+	var buf bytes.Buffer
+	p := &pipeline{out: output.New(&buf, output.JSON, false, nil), errorsOnly: c.ErrorsOnly,
+		stuck: closewait.NewStuck(time.Hour)}
+	e := &event.Event{Kind: event.KindState, Family: event.IPv4, LAddr: netip.MustParseAddr("127.0.0.1"),
+		RAddr: netip.MustParseAddr("127.0.0.1")}
+	for _, ch := range []struct {
+		old, new tcpstate.State
+		err      syscall.Errno
+	}{
+		{tcpstate.Established, tcpstate.CloseWait, 0},
+		{tcpstate.CloseWait, tcpstate.Close, syscall.EPIPE},
+		{tcpstate.LastAck, tcpstate.Close, 0},
+	} {
+		e.OldState, e.NewState, e.Error = ch.old, ch.new, ch.err
+		if err := p.Record(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Idle()
+	if out := buf.String(); strings.Count(out, `"type":"state"`) != 1 || !strings.Contains(out, `"error":"EPIPE"`) {
+		t.Fatalf("--errors kept:\n%s", out)
 	}
 }

@@ -25,14 +25,16 @@ func usagef(format string, a ...any) error { return &UsageError{fmt.Sprintf(form
 
 // Config is everything the command line sets.
 type Config struct {
-	Output   output.Format
-	PIDs     []uint32
-	Comm     string
-	Ports    []uint16
-	States   []tcpstate.State
-	Family   int // 0, 4 or 6
-	Duration time.Duration
-	RingSize uint32
+	Output output.Format
+	PIDs   []uint32
+	Comm   string
+	Ports  []uint16
+	States []tcpstate.State
+	// ErrorsOnly keeps, of the state changes, only closes with an error.
+	ErrorsOnly bool
+	Family     int // 0, 4 or 6
+	Duration   time.Duration
+	RingSize   uint32
 	// Events selects the record kinds: states and/or drops.
 	EmitStates, EmitDrops bool
 	// DropRate is how many per-packet drop records a listener may send per
@@ -86,6 +88,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.StringVarP(&c.Comm, "comm", "c", "", "only processes with this command name")
 	fs.StringSliceVar(&raw.ports, "port", nil, "only sockets with these local or remote ports")
 	fs.StringSliceVar(&raw.states, "state", nil, "only changes into these states, e.g. CLOSE_WAIT; TIME_WAIT: closes that leave a timewait socket")
+	fs.BoolVar(&c.ErrorsOnly, "errors", false, "of the state changes, only closes with an error: resets, timeouts, refused connects")
 	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")

@@ -75,15 +75,20 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	}
 	// The alert needs every move into and out of CLOSE_WAIT, whatever --state
-	// asks for; the pipeline then shows only what --state asked for.
-	stateMask, oldMask := cfg.StateMask(), uint32(0)
-	if cfg.CloseWaitAlert > 0 && stateMask != 0 {
+	// and --errors ask for; the pipeline then shows only what they asked for.
+	stateMask, oldMask, errorsOnly := cfg.StateMask(), uint32(0), cfg.ErrorsOnly
+	if cfg.CloseWaitAlert > 0 && (stateMask != 0 || errorsOnly) {
+		if stateMask == 0 {
+			stateMask = 1 << tcpstate.Close
+		}
 		stateMask |= 1 << tcpstate.CloseWait
 		oldMask = 1 << tcpstate.CloseWait
+		errorsOnly = false
 	}
 	tr, err := openTracer(tracer.Options{
 		StateMask:    stateMask,
 		OldStateMask: oldMask,
+		ErrorsOnly:   errorsOnly,
 		Family:       cfg.Family,
 		PIDs:         cfg.PIDs,
 		Ports:        cfg.Ports,
@@ -119,11 +124,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		defer cancel()
 	}
 	p := &pipeline{
-		out:       output.New(stdout, cfg.Output, isTerminal(stdout), nil),
-		owners:    owners,
-		comm:      cfg.Comm,
-		pids:      cfg.PIDs,
-		stateMask: cfg.StateMask(),
+		out:        output.New(stdout, cfg.Output, isTerminal(stdout), nil),
+		owners:     owners,
+		comm:       cfg.Comm,
+		pids:       cfg.PIDs,
+		stateMask:  cfg.StateMask(),
+		errorsOnly: cfg.ErrorsOnly,
 	}
 	if cfg.Verbose {
 		p.ages = new(latency.Histogram)
@@ -195,20 +201,21 @@ func openTracer(opts tracer.Options, verbose bool, stderr io.Writer) (*tracer.Tr
 // pipeline carries each record from decode to output: owner enrichment,
 // then the filters the kernel could not apply, then formatting.
 type pipeline struct {
-	out       *output.Writer
-	owners    *owner.Resolver
-	stuck     *closewait.Stuck // --close-wait-alert
-	folder    *dropfold.Folder // --drop-rate
-	limit     *listendrops.Limiter
-	comm      string
-	pids      []uint32
-	stateMask uint32             // --state, when the kernel lets more through for the alert
-	ages      *latency.Histogram // with -v: how old each state change is when written
-	timeBase  time.Time          // with monoBase: CLOCK_MONOTONIC now, from Go's monotonic clock
-	monoBase  uint64
-	ageNow    uint64 // CLOCK_MONOTONIC as last read for ages
-	ageRecs   uint64 // records aged since the drain began
-	dropped   uint64 // filtered out here
+	out        *output.Writer
+	owners     *owner.Resolver
+	stuck      *closewait.Stuck // --close-wait-alert
+	folder     *dropfold.Folder // --drop-rate
+	limit      *listendrops.Limiter
+	comm       string
+	pids       []uint32
+	stateMask  uint32             // --state, when the kernel lets more through for the alert
+	errorsOnly bool               // --errors, likewise
+	ages       *latency.Histogram // with -v: how old each state change is when written
+	timeBase   time.Time          // with monoBase: CLOCK_MONOTONIC now, from Go's monotonic clock
+	monoBase   uint64
+	ageNow     uint64 // CLOCK_MONOTONIC as last read for ages
+	ageRecs    uint64 // records aged since the drain began
+	dropped    uint64 // filtered out here
 }
 
 func (p *pipeline) Record(e *event.Event) error {
@@ -232,7 +239,7 @@ func (p *pipeline) Record(e *event.Event) error {
 		}
 		if p.stuck != nil {
 			p.stuck.Observe(e)
-			if p.stateMask != 0 && p.stateMask&(1<<e.NewState|1<<e.Into()) == 0 {
+			if p.stateMask != 0 && p.stateMask&(1<<e.NewState|1<<e.Into()) == 0 || p.errorsOnly && e.Error == 0 {
 				p.dropped++
 				return nil
 			}

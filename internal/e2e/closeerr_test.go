@@ -155,7 +155,8 @@ func connectOnce(addr netip.Addr, port uint16) (int, int, error) {
 // the one its application got (the client's read, write or connect), and
 // none where the socket closed without one (the application's own abort, a
 // graceful close); with the namespace's EstabResets and AttemptFails
-// counters to show the workload did what it says; on every hook path at once.
+// counters to show the workload did what it says; on every hook path at once;
+// and --errors delivers exactly the closes with an error.
 func TestCloseErrors(t *testing.T) {
 	needRoot(t)
 	const port = 7041
@@ -172,6 +173,8 @@ func TestCloseErrors(t *testing.T) {
 		}
 		tracers[kind] = startTracer(t, args...)
 	}
+	// --errors: the closes with an error, filtered in BPF.
+	errs := startTracer(t, "--events", "states", "--errors")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "closeerr", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
 	defer func() { w.send("exit"); w.wait() }()
@@ -263,8 +266,29 @@ func TestCloseErrors(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	errs.stopClean()
 	for i := len(kinds) - 1; i >= 0; i-- {
 		tracers[kinds[i]].stopClean()
+	}
+	// --errors: one record per socket whose close had an error, and no other.
+	withError := 0
+	for _, e := range want {
+		if e != "" {
+			withError++
+		}
+	}
+	seen := map[string]bool{}
+	for _, r := range errs.states(ns) {
+		key := fmt.Sprintf("%d %d", r.LPort, r.RPort)
+		if r.Error == nil || (want[key] != *r.Error && !missed[key]) || seen[key] || r.NewState != "CLOSE" {
+			t.Errorf("--errors delivered %s", r)
+		}
+		if !missed[key] {
+			seen[key] = true
+		}
+	}
+	if len(seen) != withError {
+		t.Errorf("--errors delivered %d sockets, want %d:\n%s", len(seen), withError, dump(errs.states(ns)))
 	}
 	for _, kind := range kinds {
 		got, n := closesOf(tracers[kind], ns)

@@ -28,7 +28,8 @@ type tcptraceConfig struct {
 	ReasonNotSpecified   uint32
 	ReasonQueuePurge     uint32
 	TestUnseenState      uint8
-	Pad                  [3]uint8
+	ErrorsOnly           uint8
+	Pad                  [2]uint8
 	_                    [4]byte
 	WatchBusyNs          uint64
 }

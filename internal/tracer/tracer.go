@@ -25,6 +25,9 @@ type Options struct {
 	// StateMask has bit n set to report changes into state n, OldStateMask
 	// changes out of state n; with both 0 every change is reported.
 	StateMask, OldStateMask uint32
+	// ErrorsOnly reports only changes into CLOSE with an error (and within
+	// the state masks).
+	ErrorsOnly bool
 	// Family is 0 for both, 4 or 6.
 	Family int
 	PIDs   []uint32
@@ -506,6 +509,9 @@ func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *dropReasons) e
 		ReasonListenOverflow: reasons.listenOverflow, ReasonNotSpecified: reasons.notSpecified,
 		ReasonQueuePurge: reasons.queuePurge,
 		WatchBusyNs:      uint64(watchBusy), TestUnseenState: opts.UnseenState}
+	if opts.ErrorsOnly {
+		cfg.ErrorsOnly = 1
+	}
 	if opts.EmitStates {
 		cfg.EmitStates = 1
 	}
