@@ -53,6 +53,7 @@ func TestParseErrorsAreUsageErrors(t *testing.T) {
 		{"--bogus"}, {"--state", "nope"}, {"--port", "0"}, {"--port", "65536"}, {"--pid", "-3"},
 		{"-o", "xml"}, {"-4", "-6"}, {"--duration", "0s"}, {"--ring-size", "3000"}, {"--ring-size", "1K"},
 		{"--hook-kind", "uprobe"}, {"listen"}, {"--state", "NEW_SYN_RECV"}, {"--state", "bound_inactive"},
+		{"--errors", "--state", "CLOSE_WAIT,TIME_WAIT"},
 	} {
 		_, err := Parse(args)
 		var ue *UsageError
@@ -146,6 +147,9 @@ func TestPipelineTimeWait(t *testing.T) {
 // --errors keeps only closes with an error, also when the kernel lets every
 // CLOSE_WAIT change through for the alert.
 func TestPipelineErrorsOnly(t *testing.T) {
+	if _, err := Parse([]string{"--errors", "--state", "CLOSE_WAIT,CLOSE"}); err != nil {
+		t.Fatalf("--errors with CLOSE among the states: %v", err)
+	}
 	c, err := Parse([]string{"--errors"})
 	if err != nil || !c.ErrorsOnly || c.StateMask() != 0 {
 		t.Fatalf("--errors: %+v, %v", c, err)

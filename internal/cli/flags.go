@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -142,6 +143,9 @@ func Parse(args []string) (*Config, error) {
 			return nil, usagef("invalid --state %s: no socket ever changes into it (%s)", st, why)
 		}
 		c.States = append(c.States, st)
+	}
+	if c.ErrorsOnly && len(c.States) > 0 && !slices.Contains(c.States, tcpstate.Close) {
+		return nil, usagef("--errors selects closes, which --state leaves out: add CLOSE to --state, or leave --state out")
 	}
 	switch {
 	case raw.v4 && raw.v6:
