@@ -49,6 +49,7 @@ enum {
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define EADDRNOTAVAIL 99
 #define IPPROTO_MPTCP 262
 
 struct in6_addr {

@@ -593,9 +593,15 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	 * retransmissions, SYN retries or keepalive probes ran out, or the soft
 	 * error an ICMP message left) and ICMP errors in SYN_SENT set sk_err
 	 * before tcp_done() closes it; the application's own close or abort
-	 * leaves it 0. */
-	if (newstate == TCP_CLOSE)
+	 * leaves it 0. A connect() that finds no free local port (ephemeral
+	 * ports exhausted) closes its socket before any port is assigned and
+	 * returns EADDRNOTAVAIL without setting sk_err: the only way from
+	 * SYN_SENT to CLOSE with no port. */
+	if (newstate == TCP_CLOSE) {
 		e.error = READ(btf, sk, sk_err);
+		if (!e.error && oldstate == TCP_SYN_SENT && !e.lport)
+			e.error = EADDRNOTAVAIL;
+	}
 	if (closed_into_time_wait(oldstate, newstate, e.error))
 		e.flags |= EVENT_TIME_WAIT;
 

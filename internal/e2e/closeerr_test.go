@@ -330,3 +330,81 @@ func closesOf(tr *tracerProc, ns *netNS) (map[string]record, int) {
 	}
 	return out, n
 }
+
+// runExhaust connects to addr, keeping every connection open, until a
+// connect() fails (the test leaves its namespace two ephemeral ports), and
+// says "exhausted N ERRNO" with N the connections made. One connect() per
+// socket: Go's net.Dial would try twice more on EADDRNOTAVAIL. Then it stays
+// until "exit".
+func runExhaust(in *bufio.Reader, addr string) error {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp4", addr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	var errno syscall.Errno
+	n := 0
+	for ; n < 10; n++ {
+		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		if err != nil {
+			return err
+		}
+		defer syscall.Close(fd)
+		if err := syscall.Connect(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+			if !errors.As(err, &errno) {
+				return err
+			}
+			break
+		}
+	}
+	fmt.Printf("exhausted %d %s\n", n, unix.ErrnoName(errno))
+	waitLine(in, "exit")
+	return nil
+}
+
+// TestPortExhaustion: a connect() that finds no free ephemeral port fails
+// with EADDRNOTAVAIL and sets no socket error; its change into CLOSE must
+// still say EADDRNOTAVAIL, with the owner and the destination, and
+// --errors must deliver it, on every hook path.
+func TestPortExhaustion(t *testing.T) {
+	needRoot(t)
+	const port = 7051
+	ns := newNetNS(t)
+	if err := ns.sysctl("net/ipv4/ip_local_port_range", "40000 40001"); err != nil {
+		t.Fatal(err)
+	}
+	kinds := []string{"default", "raw_tp", "tracepoint"}
+	var tracers []*tracerProc
+	for _, kind := range kinds {
+		args := []string{"--events", "states", "--errors"}
+		if kind != "default" {
+			args = append(args, "--hook-kind", kind)
+		}
+		tracers = append(tracers, startTracer(t, args...))
+	}
+	w := startRole(t, ns, "exhaust", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
+	defer func() { w.send("exit"); w.wait() }()
+	if got := w.expect("exhausted"); got != "2 EADDRNOTAVAIL" {
+		t.Fatalf("the workload's connects: %q, want 2 made, then EADDRNOTAVAIL", got)
+	}
+	for i := len(tracers) - 1; i >= 0; i-- {
+		tracers[i].waitStates(ns, 1)
+		tracers[i].stopClean()
+	}
+	for i, tr := range tracers {
+		got := tr.states(ns)
+		if len(got) != 1 {
+			t.Errorf("%s: %d records, want the failed connect's:\n%s", kinds[i], len(got), dump(got))
+			continue
+		}
+		r := got[0]
+		if r.Error == nil || *r.Error != "EADDRNOTAVAIL" || r.OldState != "SYN_SENT" || r.NewState != "CLOSE" ||
+			r.LPort != 0 || r.RPort != port || r.RAddr != "127.0.0.1" || r.PID != w.pid() {
+			t.Errorf("%s: %s, want SYN_SENT -> CLOSE, EADDRNOTAVAIL, port 0 to 127.0.0.1:%d, owner %d", kinds[i], r, port, w.pid())
+		}
+	}
+}

@@ -89,6 +89,8 @@ func runWorkload(role string, args []string) error {
 		return runTimeWait(in, *addr, *count)
 	case "closeerr":
 		return runCloseErrors(in, *addr)
+	case "exhaust":
+		return runExhaust(in, *addr)
 	case "storm":
 		if *clients > 1 {
 			return runParallelStorm(*network, *addr, *count, *clients)
