@@ -141,6 +141,7 @@ struct bpf_iter__bpf_map_elem {
  * CLOCK_MONOTONIC clock that bpf_ktime_get_ns() reads. */
 struct tcp_sock {
 	__u64 tcp_mstamp;
+	__u32 total_retrans;
 } __attribute__((preserve_access_index));
 
 /* inet_sport outlives skc_num, which inet_put_port() clears before the CLOSE event. */

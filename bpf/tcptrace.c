@@ -56,6 +56,7 @@ const struct sock_fd *unused_sock_fd __attribute__((unused));
 const struct drop *unused_drop __attribute__((unused));
 const struct listener *unused_listener __attribute__((unused));
 const enum drop_kind *unused_drop_kind __attribute__((unused));
+const enum event_flag *unused_event_flag __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -601,6 +602,10 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 		e.error = READ(btf, sk, sk_err);
 		if (!e.error && oldstate == TCP_SYN_SENT && !e.lport)
 			e.error = EADDRNOTAVAIL;
+		/* What the connection retransmitted in its life (SYNs too; a
+		 * SYN-ACK's count comes over from its request socket): past
+		 * struct sock, out of a typed load's reach. */
+		e.retrans = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
 	}
 	if (closed_into_time_wait(oldstate, newstate, e.error))
 		e.flags |= EVENT_TIME_WAIT;

@@ -80,15 +80,15 @@ struct event {
 	__u64 skaddr;      /* the struct sock, as a key */
 	__u64 in_state_ns; /* time spent in oldstate, see EVENT_IN_STATE_KNOWN */
 	enum record_type type;
-	enum event_flag flags; /* a bit set of event_flag */
+	__u16 flags;       /* a bit set of enum event_flag */
+	__u16 error;       /* at a change into CLOSE: the socket's error (sk_err: ECONNRESET, ETIMEDOUT, ...), 0 for none */
 	__u32 netns;       /* network namespace inode number */
 	__u16 family;      /* AF_INET or AF_INET6; v4-mapped IPv6 comes as AF_INET */
 	__u16 lport;       /* host byte order */
 	__u16 rport;       /* host byte order */
 	__u8 oldstate;
 	__u8 newstate;
-	__u16 error;       /* at a change into CLOSE: the socket's error (sk_err: ECONNRESET, ETIMEDOUT, ...), 0 for none */
-	__u8 pad[2];
+	__u32 retrans;     /* at a change into CLOSE: segments the connection retransmitted (tcp_sock total_retrans) */
 	__u8 saddr[16];    /* network byte order; IPv4 in the first 4 bytes */
 	__u8 daddr[16];
 	struct owner owner;

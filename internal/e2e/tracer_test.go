@@ -29,6 +29,7 @@ type record struct {
 	NewState     string   `json:"new_state"`
 	TimeWait     *bool    `json:"time_wait"`
 	Error        *string  `json:"error"`
+	Retrans      *uint32  `json:"retrans"`
 	InStateMS    *float64 `json:"in_state_ms"`
 	PIDs         []int    `json:"pids"`
 	Cgroup       *string  `json:"cgroup"`

@@ -91,6 +91,8 @@ func runWorkload(role string, args []string) error {
 		return runCloseErrors(in, *addr)
 	case "exhaust":
 		return runExhaust(in, *addr)
+	case "deadpeer":
+		return runDeadPeer(in, *addr)
 	case "storm":
 		if *clients > 1 {
 			return runParallelStorm(*network, *addr, *count, *clients)

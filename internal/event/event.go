@@ -88,6 +88,10 @@ type Event struct {
 	// (the kernel's sk_err: ECONNRESET for a reset, ETIMEDOUT when
 	// retransmissions or keepalive probes ran out, ...); 0 for none.
 	Error syscall.Errno
+	// Retrans is, on a change into CLOSE, how many segments the connection
+	// retransmitted in its life (the kernel's total_retrans, which counts
+	// SYN and SYN-ACK retransmissions too).
+	Retrans uint32
 	// InState is the time spent in OldState; valid when InStateKnown.
 	InState      time.Duration
 	InStateKnown bool

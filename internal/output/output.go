@@ -42,7 +42,7 @@ func ParseFormat(s string) (Format, error) {
 }
 
 const (
-	textHeader   = "TIME         PID     COMM            LOCAL                  REMOTE                 OLD          NEW          MS         ERROR\n"
+	textHeader   = "TIME         PID     COMM            LOCAL                  REMOTE                 OLD          NEW          MS         ERROR          RETRANS\n"
 	addrColWidth = 22
 )
 
@@ -310,9 +310,20 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	default:
 		b = append(b, '-')
 	}
-	if e.Error != 0 {
+	// A close with an error or retransmissions says so in two more columns,
+	// ERROR ("-" for none) and RETRANS; other lines end at MS.
+	if retrans := !stuck && e.NewState == tcpstate.Close && e.Retrans != 0; e.Error != 0 || retrans {
 		b = padTo(b, start, 11)
-		b = appendErrno(b, e.Error)
+		start = len(b)
+		if e.Error != 0 {
+			b = appendErrno(b, e.Error)
+		} else {
+			b = append(b, '-')
+		}
+		if retrans {
+			b = padTo(b, start, 15)
+			b = appendUint(b, uint64(e.Retrans))
+		}
 	}
 	return append(b, '\n')
 }
@@ -442,13 +453,19 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, e.NewState.String()...)
 		switch {
 		case e.TimeWait:
-			b = append(b, `","time_wait":true,"error":null,"in_state_ms":`...)
+			b = append(b, `","time_wait":true,"error":null,"retrans":`...)
+			b = appendUint(b, uint64(e.Retrans))
+			b = append(b, `,"in_state_ms":`...)
 		case e.NewState == tcpstate.Close && e.Error != 0:
 			b = append(b, `","time_wait":false,"error":"`...)
 			b = appendErrno(b, e.Error)
-			b = append(b, `","in_state_ms":`...)
+			b = append(b, `","retrans":`...)
+			b = appendUint(b, uint64(e.Retrans))
+			b = append(b, `,"in_state_ms":`...)
 		case e.NewState == tcpstate.Close:
-			b = append(b, `","time_wait":false,"error":null,"in_state_ms":`...)
+			b = append(b, `","time_wait":false,"error":null,"retrans":`...)
+			b = appendUint(b, uint64(e.Retrans))
+			b = append(b, `,"in_state_ms":`...)
 		default:
 			b = append(b, `","in_state_ms":`...)
 		}

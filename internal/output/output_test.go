@@ -665,3 +665,73 @@ func TestCloseError(t *testing.T) {
 		t.Errorf("%v allocations per record with an error, want 0", n)
 	}
 }
+
+// A change into CLOSE carries what the connection retransmitted: text in the
+// RETRANS column under its header (with "-" under ERROR when there was no
+// error; nothing when there was neither), JSON as "retrans" (0 too, absent on
+// other changes).
+func TestCloseRetrans(t *testing.T) {
+	e := sample()
+	e.OldState, e.NewState, e.Error, e.Retrans = tcpstate.Established, tcpstate.Close, syscall.ETIMEDOUT, 7
+	line := string(AppendText(nil, e, time.UTC))
+	if want := "ESTABLISHED  CLOSE        1.235      ETIMEDOUT      7\n"; !strings.HasSuffix(line, want) {
+		t.Errorf("text %q, want it to end in %q", line, want)
+	}
+	col := func(name, line string) {
+		t.Helper()
+		if i := strings.Index(textHeader, name); i < 1 || i >= len(line) || line[i-1] != ' ' || line[i] == ' ' {
+			t.Errorf("%s at %d of the header does not start a field in %q", name, i, line)
+		}
+	}
+	col("ERROR", line)
+	col("RETRANS", line)
+	e.Error = syscall.EADDRNOTAVAIL // the longest name still leaves a space
+	line = string(AppendText(nil, e, time.UTC))
+	col("RETRANS", line)
+	e.OldState, e.Error, e.TimeWait = tcpstate.FinWait2, 0, true
+	line = string(AppendText(nil, e, time.UTC))
+	if want := "FIN_WAIT2    TIME_WAIT    1.235      -              7\n"; !strings.HasSuffix(line, want) {
+		t.Errorf("text %q, want it to end in %q", line, want)
+	}
+	col("RETRANS", line)
+	e.Retrans = 0
+	if line := string(AppendText(nil, e, time.UTC)); !strings.HasSuffix(line, " 1.235\n") {
+		t.Errorf("text %q: neither error nor retransmissions, yet something follows MS", line)
+	}
+	for _, tc := range []struct {
+		newState tcpstate.State
+		timeWait bool
+		err      syscall.Errno
+		retrans  uint32
+		want     string // the retrans value, "" for none
+	}{
+		{tcpstate.Close, false, syscall.ETIMEDOUT, 5, "5"},
+		{tcpstate.Close, false, 0, 4294967295, "4.294967295e+09"},
+		{tcpstate.Close, true, 0, 2, "2"},
+		{tcpstate.Close, false, 0, 0, "0"},
+		{tcpstate.CloseWait, false, 0, 3, ""},
+	} {
+		e.NewState, e.TimeWait, e.Error, e.Retrans = tc.newState, tc.timeWait, tc.err, tc.retrans
+		if tc.newState != tcpstate.Close {
+			if line := string(AppendText(nil, e, time.UTC)); !strings.HasSuffix(line, " 1.235\n") {
+				t.Errorf("text %q: not a close, yet something follows MS", line)
+			}
+		}
+		var m map[string]any
+		if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+			t.Fatal(err)
+		}
+		v, ok := m["retrans"]
+		if got := fmt.Sprint(v); ok != (tc.want != "") || ok && got != tc.want {
+			t.Errorf("%v (retrans %d): retrans %v (present %v), want %q", tc.newState, tc.retrans, v, ok, tc.want)
+		}
+	}
+	e.NewState, e.TimeWait, e.Error, e.Retrans = tcpstate.Close, false, syscall.ETIMEDOUT, 12
+	buf := make([]byte, 0, 512)
+	if n := testing.AllocsPerRun(100, func() {
+		buf = AppendJSON(buf[:0], e)
+		buf = AppendText(buf[:0], e, time.UTC)
+	}); n != 0 {
+		t.Errorf("%v allocations per record with retransmissions, want 0", n)
+	}
+}

@@ -46,6 +46,7 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 		return fmt.Errorf("%w: %d < %d bytes", errShortSample, len(raw), rawEventSize)
 	}
 	r := (*tcptraceEvent)(unsafe.Pointer(&raw[0]))
+	flags := tcptraceEventFlag(r.Flags)
 	*ev = event.Event{
 		Kind:     event.KindState,
 		Time:     int64(r.TsNs) + wallOffset,
@@ -56,15 +57,16 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 		RPort:    r.Rport,
 		OldState: tcpstate.State(r.Oldstate),
 		NewState: tcpstate.State(r.Newstate),
-		TimeWait: r.Flags&tcptraceEventFlagEVENT_TIME_WAIT != 0,
+		TimeWait: flags&tcptraceEventFlagEVENT_TIME_WAIT != 0,
 		Error:    syscall.Errno(r.Error),
+		Retrans:  r.Retrans,
 	}
-	if r.Flags&tcptraceEventFlagEVENT_OWNER_UNKNOWN == 0 {
+	if flags&tcptraceEventFlagEVENT_OWNER_UNKNOWN == 0 {
 		setOwner(&r.Owner, ev)
-		ev.OwnerExited = r.Flags&tcptraceEventFlagEVENT_OWNER_EXITED != 0
-		ev.OwnerUnverified = r.Flags&tcptraceEventFlagEVENT_OWNER_UNVERIFIED != 0
+		ev.OwnerExited = flags&tcptraceEventFlagEVENT_OWNER_EXITED != 0
+		ev.OwnerUnverified = flags&tcptraceEventFlagEVENT_OWNER_UNVERIFIED != 0
 	}
-	if r.Flags&tcptraceEventFlagEVENT_IN_STATE_KNOWN != 0 {
+	if flags&tcptraceEventFlagEVENT_IN_STATE_KNOWN != 0 {
 		ev.InState = time.Duration(r.InStateNs)
 		ev.InStateKnown = true
 	}

@@ -18,7 +18,7 @@ func rawOf(r *tcptraceEvent) []byte {
 func v4Sample() *tcptraceEvent {
 	r := &tcptraceEvent{
 		TsNs: 1000, Skaddr: 0xffff1, InStateNs: 2500000, Type: tcptraceRecordTypeRECORD_STATE,
-		Flags: tcptraceEventFlagEVENT_IN_STATE_KNOWN, Netns: 4026531840,
+		Flags: uint16(tcptraceEventFlagEVENT_IN_STATE_KNOWN), Netns: 4026531840,
 		Family: afInet, Lport: 8080, Rport: 51234, Oldstate: 1, Newstate: 8,
 		Owner: tcptraceOwner{Pid: 42, Uid: 7, Cgroup: 99},
 	}
@@ -73,7 +73,7 @@ func TestDecodeIPv6AndUnknownInState(t *testing.T) {
 func TestDecodeOwnerFlags(t *testing.T) {
 	var ev event.Event
 	r := v4Sample()
-	r.Flags |= tcptraceEventFlagEVENT_OWNER_EXITED | tcptraceEventFlagEVENT_OWNER_UNVERIFIED
+	r.Flags |= uint16(tcptraceEventFlagEVENT_OWNER_EXITED | tcptraceEventFlagEVENT_OWNER_UNVERIFIED)
 	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestDecodeOwnerFlags(t *testing.T) {
 		t.Fatalf("flags: %+v", ev)
 	}
 	r = v4Sample()
-	r.Flags |= tcptraceEventFlagEVENT_OWNER_UNKNOWN
+	r.Flags |= uint16(tcptraceEventFlagEVENT_OWNER_UNKNOWN)
 	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +99,7 @@ func TestDecodeTimeWait(t *testing.T) {
 	if ev.TimeWait {
 		t.Fatal("time wait without its flag")
 	}
-	r.Flags |= tcptraceEventFlagEVENT_TIME_WAIT
+	r.Flags |= uint16(tcptraceEventFlagEVENT_TIME_WAIT)
 	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
@@ -111,12 +111,12 @@ func TestDecodeTimeWait(t *testing.T) {
 func TestDecodeError(t *testing.T) {
 	var ev event.Event
 	r := v4Sample()
-	r.Newstate, r.Error = uint8(tcpstate.Close), uint16(syscall.ETIMEDOUT)
+	r.Newstate, r.Error, r.Retrans = uint8(tcpstate.Close), uint16(syscall.ETIMEDOUT), 70000
 	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
 		t.Fatal(err)
 	}
-	if ev.Error != syscall.ETIMEDOUT {
-		t.Fatalf("error %v, want ETIMEDOUT", ev.Error)
+	if ev.Error != syscall.ETIMEDOUT || ev.Retrans != 70000 {
+		t.Fatalf("error %v, retrans %d, want ETIMEDOUT, 70000", ev.Error, ev.Retrans)
 	}
 }
 

@@ -87,15 +87,15 @@ type tcptraceEvent struct {
 	Skaddr    uint64
 	InStateNs uint64
 	Type      tcptraceRecordType
-	Flags     tcptraceEventFlag
+	Flags     uint16
+	Error     uint16
 	Netns     uint32
 	Family    uint16
 	Lport     uint16
 	Rport     uint16
 	Oldstate  uint8
 	Newstate  uint8
-	Error     uint16
-	Pad       [2]uint8
+	Retrans   uint32
 	Saddr     [16]uint8
 	Daddr     [16]uint8
 	Owner     tcptraceOwner
@@ -260,6 +260,7 @@ const (
 	tcptraceVarNestArmed       = "nest_armed"
 	tcptraceVarUnusedDrop      = "unused_drop"
 	tcptraceVarUnusedDropKind  = "unused_drop_kind"
+	tcptraceVarUnusedEventFlag = "unused_event_flag"
 	tcptraceVarUnusedListener  = "unused_listener"
 	tcptraceVarUnusedSockFd    = "unused_sock_fd"
 )
@@ -366,14 +367,15 @@ type tcptraceMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceVariableSpecs struct {
-	Cfg            *ebpf.VariableSpec `ebpf:"cfg"`
-	KeepClosed     *ebpf.VariableSpec `ebpf:"keep_closed"`
-	LastFateNs     *ebpf.VariableSpec `ebpf:"last_fate_ns"`
-	NestArmed      *ebpf.VariableSpec `ebpf:"nest_armed"`
-	UnusedDrop     *ebpf.VariableSpec `ebpf:"unused_drop"`
-	UnusedDropKind *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
-	UnusedListener *ebpf.VariableSpec `ebpf:"unused_listener"`
-	UnusedSockFd   *ebpf.VariableSpec `ebpf:"unused_sock_fd"`
+	Cfg             *ebpf.VariableSpec `ebpf:"cfg"`
+	KeepClosed      *ebpf.VariableSpec `ebpf:"keep_closed"`
+	LastFateNs      *ebpf.VariableSpec `ebpf:"last_fate_ns"`
+	NestArmed       *ebpf.VariableSpec `ebpf:"nest_armed"`
+	UnusedDrop      *ebpf.VariableSpec `ebpf:"unused_drop"`
+	UnusedDropKind  *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
+	UnusedEventFlag *ebpf.VariableSpec `ebpf:"unused_event_flag"`
+	UnusedListener  *ebpf.VariableSpec `ebpf:"unused_listener"`
+	UnusedSockFd    *ebpf.VariableSpec `ebpf:"unused_sock_fd"`
 }
 
 // tcptraceObjects contains all objects after they have been loaded into the kernel.
@@ -433,14 +435,15 @@ func (m *tcptraceMaps) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceVariables struct {
-	Cfg            *ebpf.Variable `ebpf:"cfg"`
-	KeepClosed     *ebpf.Variable `ebpf:"keep_closed"`
-	LastFateNs     *ebpf.Variable `ebpf:"last_fate_ns"`
-	NestArmed      *ebpf.Variable `ebpf:"nest_armed"`
-	UnusedDrop     *ebpf.Variable `ebpf:"unused_drop"`
-	UnusedDropKind *ebpf.Variable `ebpf:"unused_drop_kind"`
-	UnusedListener *ebpf.Variable `ebpf:"unused_listener"`
-	UnusedSockFd   *ebpf.Variable `ebpf:"unused_sock_fd"`
+	Cfg             *ebpf.Variable `ebpf:"cfg"`
+	KeepClosed      *ebpf.Variable `ebpf:"keep_closed"`
+	LastFateNs      *ebpf.Variable `ebpf:"last_fate_ns"`
+	NestArmed       *ebpf.Variable `ebpf:"nest_armed"`
+	UnusedDrop      *ebpf.Variable `ebpf:"unused_drop"`
+	UnusedDropKind  *ebpf.Variable `ebpf:"unused_drop_kind"`
+	UnusedEventFlag *ebpf.Variable `ebpf:"unused_event_flag"`
+	UnusedListener  *ebpf.Variable `ebpf:"unused_listener"`
+	UnusedSockFd    *ebpf.Variable `ebpf:"unused_sock_fd"`
 }
 
 // tcptracePrograms contains all programs after they have been loaded into the kernel.
