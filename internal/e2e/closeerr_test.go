@@ -164,15 +164,8 @@ func TestCloseErrors(t *testing.T) {
 	if err := ns.sysctl("net/ipv4/tcp_syncookies", "0"); err != nil {
 		t.Fatal(err)
 	}
-	kinds := []string{"default", "raw_tp", "tracepoint"}
-	tracers := map[string]*tracerProc{}
-	for _, kind := range kinds {
-		args := []string{"--events", "states", "--state", "CLOSE"}
-		if kind != "default" {
-			args = append(args, "--hook-kind", kind)
-		}
-		tracers[kind] = startTracer(t, args...)
-	}
+	kinds := hookKinds
+	tracers := startTracerPerHook(t, "--events", "states", "--state", "CLOSE")
 	// --errors: the closes with an error, filtered in BPF.
 	errs := startTracer(t, "--events", "states", "--errors")
 	before := nsCounters(t, ns)
@@ -377,34 +370,27 @@ func TestPortExhaustion(t *testing.T) {
 	if err := ns.sysctl("net/ipv4/ip_local_port_range", "40000 40001"); err != nil {
 		t.Fatal(err)
 	}
-	kinds := []string{"default", "raw_tp", "tracepoint"}
-	var tracers []*tracerProc
-	for _, kind := range kinds {
-		args := []string{"--events", "states", "--errors"}
-		if kind != "default" {
-			args = append(args, "--hook-kind", kind)
-		}
-		tracers = append(tracers, startTracer(t, args...))
-	}
+	kinds := hookKinds
+	tracers := startTracerPerHook(t, "--events", "states", "--errors")
 	w := startRole(t, ns, "exhaust", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
 	defer func() { w.send("exit"); w.wait() }()
 	if got := w.expect("exhausted"); got != "2 EADDRNOTAVAIL" {
 		t.Fatalf("the workload's connects: %q, want 2 made, then EADDRNOTAVAIL", got)
 	}
-	for i := len(tracers) - 1; i >= 0; i-- {
-		tracers[i].waitStates(ns, 1)
-		tracers[i].stopClean()
+	for i := len(kinds) - 1; i >= 0; i-- {
+		tracers[kinds[i]].waitStates(ns, 1)
+		tracers[kinds[i]].stopClean()
 	}
-	for i, tr := range tracers {
-		got := tr.states(ns)
+	for _, kind := range kinds {
+		got := tracers[kind].states(ns)
 		if len(got) != 1 {
-			t.Errorf("%s: %d records, want the failed connect's:\n%s", kinds[i], len(got), dump(got))
+			t.Errorf("%s: %d records, want the failed connect's:\n%s", kind, len(got), dump(got))
 			continue
 		}
 		r := got[0]
 		if r.Error == nil || *r.Error != "EADDRNOTAVAIL" || r.OldState != "SYN_SENT" || r.NewState != "CLOSE" ||
 			r.LPort != 0 || r.RPort != port || r.RAddr != "127.0.0.1" || r.PID != w.pid() {
-			t.Errorf("%s: %s, want SYN_SENT -> CLOSE, EADDRNOTAVAIL, port 0 to 127.0.0.1:%d, owner %d", kinds[i], r, port, w.pid())
+			t.Errorf("%s: %s, want SYN_SENT -> CLOSE, EADDRNOTAVAIL, port 0 to 127.0.0.1:%d, owner %d", kind, r, port, w.pid())
 		}
 	}
 }

@@ -120,15 +120,8 @@ func TestDeadPeer(t *testing.T) {
 	needRoot(t)
 	const port = 7061
 	ns := newNetNS(t)
-	kinds := []string{"default", "raw_tp", "tracepoint"}
-	tracers := map[string]*tracerProc{}
-	for _, kind := range kinds {
-		args := []string{"--events", "states", "--state", "CLOSE"}
-		if kind != "default" {
-			args = append(args, "--hook-kind", kind)
-		}
-		tracers[kind] = startTracer(t, args...)
-	}
+	kinds := hookKinds
+	tracers := startTracerPerHook(t, "--events", "states", "--state", "CLOSE")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
 	exited := false

@@ -68,6 +68,25 @@ func startTracer(t *testing.T, args ...string) *tracerProc {
 	return p
 }
 
+// hookKinds are the hook paths a test runs side by side, in the order
+// started: the best the kernel has, raw_tp, and the classic tracepoint (whose
+// tracer may have mounted tracefs, and so stops first).
+var hookKinds = []string{"default", "raw_tp", "tracepoint"}
+
+// startTracerPerHook starts one tracer with args on each of hookKinds.
+func startTracerPerHook(t *testing.T, args ...string) map[string]*tracerProc {
+	t.Helper()
+	out := map[string]*tracerProc{}
+	for _, kind := range hookKinds {
+		a := args
+		if kind != "default" {
+			a = append(append([]string(nil), args...), "--hook-kind", kind)
+		}
+		out[kind] = startTracer(t, a...)
+	}
+	return out
+}
+
 func newTracer(t *testing.T, args ...string) *tracerProc {
 	t.Helper()
 	return newTracerOpts(t, false, args...)

@@ -451,24 +451,22 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, e.OldState.String()...)
 		b = append(b, `","new_state":"`...)
 		b = append(b, e.NewState.String()...)
-		switch {
-		case e.TimeWait:
-			b = append(b, `","time_wait":true,"error":null,"retrans":`...)
+		b = append(b, '"')
+		// How the socket ended: on changes into CLOSE only.
+		if e.NewState == tcpstate.Close {
+			b = append(b, `,"time_wait":`...)
+			b = strconv.AppendBool(b, e.TimeWait)
+			if e.Error != 0 {
+				b = append(b, `,"error":"`...)
+				b = appendErrno(b, e.Error)
+				b = append(b, '"')
+			} else {
+				b = append(b, `,"error":null`...)
+			}
+			b = append(b, `,"retrans":`...)
 			b = appendUint(b, uint64(e.Retrans))
-			b = append(b, `,"in_state_ms":`...)
-		case e.NewState == tcpstate.Close && e.Error != 0:
-			b = append(b, `","time_wait":false,"error":"`...)
-			b = appendErrno(b, e.Error)
-			b = append(b, `","retrans":`...)
-			b = appendUint(b, uint64(e.Retrans))
-			b = append(b, `,"in_state_ms":`...)
-		case e.NewState == tcpstate.Close:
-			b = append(b, `","time_wait":false,"error":null,"retrans":`...)
-			b = appendUint(b, uint64(e.Retrans))
-			b = append(b, `,"in_state_ms":`...)
-		default:
-			b = append(b, `","in_state_ms":`...)
 		}
+		b = append(b, `,"in_state_ms":`...)
 		if e.InStateKnown {
 			b = appendMillis(b, e.InState)
 		} else {
