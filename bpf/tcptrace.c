@@ -816,6 +816,75 @@ int state_tp(struct trace_event_raw_inet_sock_set_state *args)
 	return handle_state((const struct sock *)args->skaddr, args->oldstate, args->newstate, false);
 }
 
+/*
+ * A segment the kernel retransmitted (tcp:tcp_retransmit_skb: data, SYNs and
+ * FINs; SYN-ACKs have a tracepoint of their own). It runs in the timer's
+ * softirq or in whatever context acknowledgments arrive in, never surely in
+ * the owner: the owner is the one the socket table recorded.
+ */
+static __always_inline int handle_retrans(const struct sock *sk, const bool btf)
+{
+	if (!is_tcp(sk, btf))
+		return 0;
+	struct event e = {};
+	e.family = read_addrs(sk, e.saddr, e.daddr, btf);
+	if (!e.family || (cfg.family && cfg.family != e.family))
+		return 0;
+	e.lport = local_port(sk, btf);
+	e.rport = remote_port(sk, btf);
+	if (!port_wanted(&e))
+		return 0;
+	__u64 skaddr = (__u64)sk;
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+	/* A closed entry is an earlier socket's at this address. */
+	if (si && si->state != TCP_CLOSE) {
+		e.owner = si->owner;
+		e.flags = owner_flags(&si->owner);
+	} else {
+		e.flags = EVENT_OWNER_UNKNOWN;
+	}
+	if (!pid_wanted(&e))
+		return 0;
+	e.type = RECORD_RETRANS;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.skaddr = skaddr;
+	e.netns = netns_of(sk, btf);
+	e.oldstate = READ(btf, sk, __sk_common.skc_state);
+	/* Counted before the tracepoint fires: this retransmission included. */
+	e.retrans = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
+	output_record(&e, sizeof(e));
+	return 0;
+}
+
+/* Newer kernels fire the tracepoint for failed attempts too, with their error
+ * as a third argument (-EBUSY: the original still queued below TCP, ...);
+ * those sent nothing, and RetransSegs does not count them. The loader picks
+ * the variant that matches the kernel's tracepoint (its BTF says), and
+ * attaches it only for --events retransmits. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(retrans_btf, const struct sock *sk, const void *skb)
+{
+	return handle_retrans(sk, true);
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(retrans_btf_err, const struct sock *sk, const void *skb, int err)
+{
+	return err ? 0 : handle_retrans(sk, true);
+}
+
+SEC("raw_tp/tcp_retransmit_skb")
+int BPF_PROG(retrans_raw, const struct sock *sk, const void *skb)
+{
+	return handle_retrans(sk, false);
+}
+
+SEC("raw_tp/tcp_retransmit_skb")
+int BPF_PROG(retrans_raw_err, const struct sock *sk, const void *skb, int err)
+{
+	return err ? 0 : handle_retrans(sk, false);
+}
+
 /* The TCP socket behind a socket file: for MPTCP (Go 1.24+ listens with MPTCP
  * by default) its first subflow, the TCP socket whose states we see. */
 static __always_inline const struct sock *tcp_sock_of_file(struct file *f)

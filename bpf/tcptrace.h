@@ -5,6 +5,9 @@
 enum record_type {
 	RECORD_STATE = 1,
 	RECORD_DROP = 2,
+	/* A segment the kernel retransmitted (struct event: oldstate is the
+	 * socket's state, retrans its count so far, this one included). */
+	RECORD_RETRANS = 3,
 };
 
 enum drop_kind {

@@ -23,6 +23,14 @@ func TestParseDefaults(t *testing.T) {
 	if c.Output != output.Text || c.Family != 0 || c.StateMask() != 0 || c.RingSize != 8<<20 || c.Duration != 0 {
 		t.Fatalf("defaults: %+v", c)
 	}
+	// Retransmissions only when asked for: on a lossy link they are many.
+	if !c.EmitStates || !c.EmitDrops || c.EmitRetrans {
+		t.Fatalf("default record kinds: states %v, drops %v, retransmits %v", c.EmitStates, c.EmitDrops, c.EmitRetrans)
+	}
+	c, err = Parse([]string{"--events", "states,retransmits"})
+	if err != nil || !c.EmitStates || c.EmitDrops || !c.EmitRetrans {
+		t.Fatalf("--events states,retransmits: %+v, %v", c, err)
+	}
 }
 
 func TestParseAll(t *testing.T) {
@@ -53,7 +61,7 @@ func TestParseErrorsAreUsageErrors(t *testing.T) {
 		{"--bogus"}, {"--state", "nope"}, {"--port", "0"}, {"--port", "65536"}, {"--pid", "-3"},
 		{"-o", "xml"}, {"-4", "-6"}, {"--duration", "0s"}, {"--ring-size", "3000"}, {"--ring-size", "1K"},
 		{"--hook-kind", "uprobe"}, {"listen"}, {"--state", "NEW_SYN_RECV"}, {"--state", "bound_inactive"},
-		{"--errors", "--state", "CLOSE_WAIT,TIME_WAIT"},
+		{"--errors", "--state", "CLOSE_WAIT,TIME_WAIT"}, {"--events", "retrans"},
 	} {
 		_, err := Parse(args)
 		var ue *UsageError
@@ -117,6 +125,30 @@ func TestPipelineCommFilter(t *testing.T) {
 	}
 	if !strings.Contains(out, `"type":"lost"`) {
 		t.Fatal("lost records must pass every filter")
+	}
+}
+
+// Retransmissions pass --comm like state changes, and --state and --errors,
+// which select state changes, leave them alone.
+func TestPipelineRetransmits(t *testing.T) {
+	c, err := Parse([]string{"--errors", "--events", "retransmits", "-c", "node", "--close-wait-alert", "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	p := &pipeline{out: output.New(&buf, output.JSON, false, nil), comm: c.Comm, errorsOnly: c.ErrorsOnly,
+		stuck: closewait.NewStuck(c.CloseWaitAlert)}
+	e := &event.Event{Kind: event.KindRetrans, Family: event.IPv4, OldState: tcpstate.Established, Retrans: 2,
+		LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1")}
+	for _, comm := range []string{"node", "nginx"} {
+		e.SetComm(comm)
+		if err := p.Record(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Idle()
+	if out := buf.String(); strings.Count(out, `"type":"retransmit"`) != 1 || !strings.Contains(out, `"comm":"node"`) || p.dropped != 1 {
+		t.Fatalf("retransmits kept:\n%s", out)
 	}
 }
 

@@ -97,6 +97,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		MountTracefs: !cfg.NoMountTracefs,
 		EmitStates:   cfg.EmitStates,
 		EmitDrops:    cfg.EmitDrops,
+		EmitRetrans:  cfg.EmitRetrans,
 		UnseenState:  uint8(cfg.UnseenState),
 		Without:      cfg.Without,
 	}, cfg.Verbose, stderr)
@@ -229,7 +230,7 @@ func (p *pipeline) Record(e *event.Event) error {
 		}
 		return p.writeDrop(e)
 	}
-	if e.Kind == event.KindState {
+	if e.Kind == event.KindState || e.Kind == event.KindRetrans {
 		if p.owners != nil {
 			p.owners.Enrich(e, tracer.Mono)
 		}
@@ -237,7 +238,7 @@ func (p *pipeline) Record(e *event.Event) error {
 			p.dropped++
 			return nil
 		}
-		if p.stuck != nil {
+		if p.stuck != nil && e.Kind == event.KindState {
 			p.stuck.Observe(e)
 			if p.stateMask != 0 && p.stateMask&(1<<e.NewState|1<<e.Into()) == 0 || p.errorsOnly && e.Error == 0 {
 				p.dropped++

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -113,15 +115,17 @@ func control(c *net.TCPConn, f func(fd int) error) error {
 // TestDeadPeer: a connection whose peer went silent dies of ETIMEDOUT, and
 // its change into CLOSE says so, with the segments it retransmitted: when
 // keepalive probes ran out (none retransmitted) and when its data's
-// retransmissions did (TCP_USER_TIMEOUT). Ground truth: what the client's
-// read got, its TCP_INFO, and the namespace's RetransSegs, which must have
-// grown by those retransmissions exactly. On every hook path at once.
+// retransmissions did (TCP_USER_TIMEOUT). Each retransmission is a record
+// of its own as it happens (--events retransmits), counting up, owned by the
+// client; keepalive probes are none. Ground truth: what the client's read
+// got, its TCP_INFO, and the namespace's RetransSegs, which must have grown
+// by those retransmissions exactly. On every hook path at once.
 func TestDeadPeer(t *testing.T) {
 	needRoot(t)
 	const port = 7061
 	ns := newNetNS(t)
 	kinds := hookKinds
-	tracers := startTracerPerHook(t, "--events", "states", "--state", "CLOSE")
+	tracers := startTracerPerHook(t, "--events", "states,retransmits", "--state", "CLOSE")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
 	exited := false
@@ -222,6 +226,37 @@ func TestDeadPeer(t *testing.T) {
 		}
 		if len(got) > len(want) {
 			t.Errorf("%s: changes into CLOSE of %d client sockets, want %d:\n%s", kind, len(got), len(want), dump(tracers[kind].states(ns)))
+		}
+
+		// Retransmissions as they happened: the server sockets made none
+		// while the tracers ran, each client as many as its TCP_INFO says.
+		rs := tracers[kind].records("retransmit", ns)
+		if missed := slices.ContainsFunc(slices.Collect(maps.Values(want)), func(c dead) bool { return c.missed }); !missed &&
+			uint64(len(rs)) != retransmitted {
+			t.Errorf("%s: %d retransmit records, RetransSegs grew by %d:\n%s", kind, len(rs), retransmitted, dump(rs))
+		}
+		byPort := map[uint16][]record{}
+		for _, r := range rs {
+			if _, ok := want[r.LPort]; !ok || r.RPort != port {
+				t.Errorf("%s: a retransmission of a socket no client owns: %s", kind, r)
+				continue
+			}
+			byPort[r.LPort] = append(byPort[r.LPort], r)
+		}
+		for lport, c := range want {
+			got := byPort[lport]
+			if c.missed && len(got) == 0 {
+				continue
+			}
+			if len(got) != int(c.retrans) {
+				t.Errorf("%s: port %d: %d retransmit records, TCP_INFO says %d:\n%s", kind, lport, len(got), c.retrans, dump(got))
+				continue
+			}
+			for i, r := range got {
+				if r.State != "ESTABLISHED" || r.Retrans == nil || *r.Retrans != uint32(i+1) || r.PID != w.pid() || r.Comm == "" {
+					t.Errorf("%s: retransmission %d of port %d: %s, want ESTABLISHED, retrans %d, owner %d", kind, i+1, lport, r, i+1, w.pid())
+				}
+			}
 		}
 	}
 }

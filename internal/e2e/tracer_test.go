@@ -27,6 +27,7 @@ type record struct {
 	RPort        uint16   `json:"rport"`
 	OldState     string   `json:"old_state"`
 	NewState     string   `json:"new_state"`
+	State        string   `json:"state"`
 	TimeWait     *bool    `json:"time_wait"`
 	Error        *string  `json:"error"`
 	Retrans      *uint32  `json:"retrans"`

@@ -29,6 +29,10 @@ const (
 	// (Lost holds how many since the previous such record): the kernel
 	// changed their state without any tcptrace program seeing the change.
 	KindGaps
+	// KindRetrans: the kernel retransmitted a segment of the socket (data,
+	// a SYN or a FIN); OldState is the state the socket was in, Retrans
+	// its retransmissions so far, this one included.
+	KindRetrans
 )
 
 // Family is the address family shown to the user (v4-mapped IPv6 is IPv4).
@@ -90,7 +94,7 @@ type Event struct {
 	Error syscall.Errno
 	// Retrans is, on a change into CLOSE, how many segments the connection
 	// retransmitted in its life (the kernel's total_retrans, which counts
-	// SYN and SYN-ACK retransmissions too).
+	// SYN and SYN-ACK retransmissions too); on KindRetrans, how many so far.
 	Retrans uint32
 	// InState is the time spent in OldState; valid when InStateKnown.
 	InState      time.Duration

@@ -296,6 +296,8 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	start = len(b)
 	if stuck {
 		b = append(b, "STUCK"...)
+	} else if e.Kind == event.KindRetrans {
+		b = append(b, "RETRANS"...) // OLD holds the state it was in
 	} else {
 		b = append(b, e.Into().String()...)
 	}
@@ -310,9 +312,11 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	default:
 		b = append(b, '-')
 	}
-	// A close with an error or retransmissions says so in two more columns,
-	// ERROR ("-" for none) and RETRANS; other lines end at MS.
-	if retrans := !stuck && e.NewState == tcpstate.Close && e.Retrans != 0; e.Error != 0 || retrans {
+	// A close with an error or retransmissions, and a retransmission, say so
+	// in two more columns, ERROR ("-" for none) and RETRANS; other lines end
+	// at MS.
+	retrans := e.Retrans != 0 && (e.Kind == event.KindRetrans || !stuck && e.NewState == tcpstate.Close)
+	if e.Error != 0 || retrans {
 		b = padTo(b, start, 11)
 		start = len(b)
 		if e.Error != 0 {
@@ -423,9 +427,12 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 	if e.Kind == event.KindDrop {
 		return f.appendDropJSON(b, e)
 	}
-	if e.Kind == event.KindCloseWaitStuck {
+	switch e.Kind {
+	case event.KindCloseWaitStuck:
 		b = append(b, `{"type":"close_wait_stuck","time":"`...)
-	} else {
+	case event.KindRetrans:
+		b = append(b, `{"type":"retransmit","time":"`...)
+	default:
 		b = append(b, `{"type":"state","time":"`...)
 	}
 	b = f.appendJSONTime(b, e.Time)
@@ -436,7 +443,13 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 	b = f.appendAddr(b, e.RAddr)
 	b = append(b, `","rport":`...)
 	b = appendUint(b, uint64(e.RPort))
-	if e.Kind == event.KindCloseWaitStuck {
+	switch e.Kind {
+	case event.KindRetrans:
+		b = append(b, `,"state":"`...)
+		b = append(b, e.OldState.String()...)
+		b = append(b, `","retrans":`...)
+		b = appendUint(b, uint64(e.Retrans))
+	case event.KindCloseWaitStuck:
 		// How long it has sat in CLOSE_WAIT: exact, or a lower bound.
 		secs := float64(e.InState) / float64(time.Second)
 		if e.InStateKnown {
@@ -446,7 +459,7 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 			b = append(b, `,"age_seconds":null,"age_at_least_seconds":`...)
 			b = strconv.AppendFloat(b, secs, 'f', 3, 64)
 		}
-	} else {
+	default:
 		b = append(b, `,"old_state":"`...)
 		b = append(b, e.OldState.String()...)
 		b = append(b, `","new_state":"`...)

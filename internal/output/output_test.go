@@ -735,3 +735,37 @@ func TestCloseRetrans(t *testing.T) {
 		t.Errorf("%v allocations per record with retransmissions, want 0", n)
 	}
 }
+
+// A retransmission: its state under OLD, RETRANS under NEW, the count under
+// RETRANS; in JSON its state and count, none of a change's keys.
+func TestRetransmit(t *testing.T) {
+	e := sample()
+	e.Kind, e.OldState, e.NewState, e.Retrans = event.KindRetrans, tcpstate.Established, 0, 3
+	e.InState, e.InStateKnown = 0, false
+	line := string(AppendText(nil, e, time.UTC))
+	if want := "ESTABLISHED  RETRANS      -          -              3\n"; !strings.HasSuffix(line, want) {
+		t.Errorf("text %q, want it to end in %q", line, want)
+	}
+	if i := strings.Index(textHeader, "RETRANS"); i >= len(line) || line[i-1] != ' ' || line[i] != '3' {
+		t.Errorf("the count is not under RETRANS in %q", line)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["type"] != "retransmit" || m["state"] != "ESTABLISHED" || m["retrans"] != 3.0 || m["pid"] != 2329.0 || m["lport"] != 40407.0 {
+		t.Errorf("json %v", m)
+	}
+	for _, k := range []string{"old_state", "new_state", "in_state_ms", "error", "time_wait"} {
+		if _, ok := m[k]; ok {
+			t.Errorf("json has %q: %v", k, m)
+		}
+	}
+	buf := make([]byte, 0, 512)
+	if n := testing.AllocsPerRun(100, func() {
+		buf = AppendJSON(buf[:0], e)
+		buf = AppendText(buf[:0], e, time.UTC)
+	}); n != 0 {
+		t.Errorf("%v allocations per retransmission, want 0", n)
+	}
+}

@@ -171,7 +171,7 @@ const maxUnheld = 1 << 16
 // Enrich settles e's owner and fills the holder list and cgroup path. mono
 // is the kernel's current CLOCK_MONOTONIC time, used to date a new scan.
 func (r *Resolver) Enrich(e *event.Event, mono func() uint64) {
-	if e.Kind != event.KindState && e.Kind != event.KindDrop {
+	if e.Kind != event.KindState && e.Kind != event.KindDrop && e.Kind != event.KindRetrans {
 		return
 	}
 	if (!e.OwnerKnown() || e.OwnerUnverified) && !r.unheld[e.Sock] {

@@ -35,8 +35,11 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 	if len(raw) < typeOffset+4 {
 		return fmt.Errorf("%w: %d bytes", errShortSample, len(raw))
 	}
+	kind := event.KindState
 	switch tcptraceRecordType(*(*uint32)(unsafe.Pointer(&raw[typeOffset]))) {
 	case tcptraceRecordTypeRECORD_STATE:
+	case tcptraceRecordTypeRECORD_RETRANS:
+		kind = event.KindRetrans
 	case tcptraceRecordTypeRECORD_DROP:
 		return decodeDrop(raw, wallOffset, reasons, ev)
 	default:
@@ -48,7 +51,7 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 	r := (*tcptraceEvent)(unsafe.Pointer(&raw[0]))
 	flags := tcptraceEventFlag(r.Flags)
 	*ev = event.Event{
-		Kind:     event.KindState,
+		Kind:     kind,
 		Time:     int64(r.TsNs) + wallOffset,
 		Mono:     r.TsNs,
 		Sock:     r.Skaddr,

@@ -120,6 +120,21 @@ func TestDecodeError(t *testing.T) {
 	}
 }
 
+func TestDecodeRetrans(t *testing.T) {
+	var ev event.Event
+	r := v4Sample()
+	r.Type = tcptraceRecordTypeRECORD_RETRANS
+	r.Oldstate, r.Newstate, r.Retrans = uint8(tcpstate.Established), 0, 3
+	r.Flags = uint16(tcptraceEventFlagEVENT_OWNER_UNKNOWN)
+	if err := decode(rawOf(r), 0, testReasons, &ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Kind != event.KindRetrans || ev.OldState != tcpstate.Established || ev.Retrans != 3 || ev.OwnerKnown() ||
+		ev.LPort != r.Lport || ev.RPort != r.Rport {
+		t.Fatalf("decoded %+v", ev)
+	}
+}
+
 func TestDecodeRejectsShortAndUnknown(t *testing.T) {
 	var ev event.Event
 	if err := decode(rawOf(v4Sample())[:rawEventSize-1], 0, testReasons, &ev); !errors.Is(err, errShortSample) {

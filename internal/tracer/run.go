@@ -270,6 +270,7 @@ func (l *lostCounter) report(sink Sink, st *Stats, final bool) error {
 	if skipped >= l.t.stateMisses+caught {
 		total += skipped - l.t.stateMisses - caught
 	}
+	total += l.t.lossySkips()
 	if total <= l.seen {
 		return nil
 	}

@@ -158,8 +158,9 @@ type tcptraceOwner struct {
 type tcptraceRecordType uint32
 
 const (
-	tcptraceRecordTypeRECORD_STATE tcptraceRecordType = 1
-	tcptraceRecordTypeRECORD_DROP  tcptraceRecordType = 2
+	tcptraceRecordTypeRECORD_STATE   tcptraceRecordType = 1
+	tcptraceRecordTypeRECORD_DROP    tcptraceRecordType = 2
+	tcptraceRecordTypeRECORD_RETRANS tcptraceRecordType = 3
 )
 
 type tcptraceSockFd struct {
@@ -237,6 +238,10 @@ const (
 	tcptraceProgPollListeners  = "poll_listeners"
 	tcptraceProgRenameBtf      = "rename_btf"
 	tcptraceProgRenameRaw      = "rename_raw"
+	tcptraceProgRetransBtf     = "retrans_btf"
+	tcptraceProgRetransBtfErr  = "retrans_btf_err"
+	tcptraceProgRetransRaw     = "retrans_raw"
+	tcptraceProgRetransRawErr  = "retrans_raw_err"
 	tcptraceProgScanSocks      = "scan_socks"
 	tcptraceProgStateBtf       = "state_btf"
 	tcptraceProgStateBtfCatch  = "state_btf_catch"
@@ -325,6 +330,10 @@ type tcptraceProgramSpecs struct {
 	PollListeners *ebpf.ProgramSpec `ebpf:"poll_listeners"`
 	RenameBtf     *ebpf.ProgramSpec `ebpf:"rename_btf"`
 	RenameRaw     *ebpf.ProgramSpec `ebpf:"rename_raw"`
+	RetransBtf    *ebpf.ProgramSpec `ebpf:"retrans_btf"`
+	RetransBtfErr *ebpf.ProgramSpec `ebpf:"retrans_btf_err"`
+	RetransRaw    *ebpf.ProgramSpec `ebpf:"retrans_raw"`
+	RetransRawErr *ebpf.ProgramSpec `ebpf:"retrans_raw_err"`
 	ScanSocks     *ebpf.ProgramSpec `ebpf:"scan_socks"`
 	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
 	StateBtfCatch *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
@@ -468,6 +477,10 @@ type tcptracePrograms struct {
 	PollListeners *ebpf.Program `ebpf:"poll_listeners"`
 	RenameBtf     *ebpf.Program `ebpf:"rename_btf"`
 	RenameRaw     *ebpf.Program `ebpf:"rename_raw"`
+	RetransBtf    *ebpf.Program `ebpf:"retrans_btf"`
+	RetransBtfErr *ebpf.Program `ebpf:"retrans_btf_err"`
+	RetransRaw    *ebpf.Program `ebpf:"retrans_raw"`
+	RetransRawErr *ebpf.Program `ebpf:"retrans_raw_err"`
 	ScanSocks     *ebpf.Program `ebpf:"scan_socks"`
 	StateBtf      *ebpf.Program `ebpf:"state_btf"`
 	StateBtfCatch *ebpf.Program `ebpf:"state_btf_catch"`
@@ -507,6 +520,10 @@ func (p *tcptracePrograms) Close() error {
 		p.PollListeners,
 		p.RenameBtf,
 		p.RenameRaw,
+		p.RetransBtf,
+		p.RetransBtfErr,
+		p.RetransRaw,
+		p.RetransRawErr,
 		p.ScanSocks,
 		p.StateBtf,
 		p.StateBtfCatch,

@@ -39,8 +39,9 @@ type Options struct {
 	// the reader drains on its timer, so busy paths pay no wake-up per event.
 	WakeupBytes uint32
 
-	// EmitStates and EmitDrops select the record kinds (--events).
-	EmitStates, EmitDrops bool
+	// EmitStates, EmitDrops and EmitRetrans select the record kinds
+	// (--events); retransmissions are hooked only when asked for.
+	EmitStates, EmitDrops, EmitRetrans bool
 
 	// HookKind forces one kind of hook (one of HookKinds) for every feature
 	// that has one, which then fails rather than fall back; empty picks the
@@ -100,6 +101,9 @@ type part struct {
 	// counted: the feature's program whose skipped runs (recursion
 	// misses) are changes lost unless caught (the state program).
 	counted bool
+	// lossy: a program whose skipped runs are records lost, with nothing
+	// to catch them (the retransmission program; a nested run is rare).
+	lossy bool
 }
 
 // name is the program's name once loaded.
@@ -170,6 +174,24 @@ func tpBTF(p *ebpf.Program) (link.Link, error) {
 func (t *Tracer) kernelHas(fn string) bool {
 	var f *btf.Func
 	return t.kernel != nil && t.kernel.TypeByName(fn, &f) == nil
+}
+
+// tracepointArgs is how many arguments the kernel's tracepoint name passes
+// (its btf_trace_ typedef), -1 when its BTF does not say.
+func (t *Tracer) tracepointArgs(name string) int {
+	var td *btf.Typedef
+	if t.kernel == nil || t.kernel.TypeByName("btf_trace_"+name, &td) != nil {
+		return -1
+	}
+	ptr, ok := td.Type.(*btf.Pointer)
+	if !ok {
+		return -1
+	}
+	proto, ok := ptr.Target.(*btf.FuncProto)
+	if !ok || len(proto.Params) == 0 {
+		return -1
+	}
+	return len(proto.Params) - 1 // the first is the tracepoint's data pointer
 }
 
 // kprobePMU is where a kernel with kprobes offers them to perf_event_open
@@ -365,6 +387,31 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			}),
 		},
 	}
+	// Retransmissions: the variant whose arguments match the kernel's
+	// tracepoint (newer kernels add the attempt's error as a third).
+	retransProg := "retrans_btf"
+	switch n := t.tracepointArgs("tcp_retransmit_skb"); n {
+	case 2:
+	case 3:
+		retransProg += "_err"
+	default:
+		retransProg = ""
+	}
+	retrans := feature{
+		name:     "retransmits",
+		degraded: "retransmissions are not reported (a close still says how many the connection made)",
+		candidates: []candidate{
+			single("tp_btf/tcp_retransmit_skb", "tp_btf", retransProg, tpBTF),
+			single("raw_tp/tcp_retransmit_skb", "raw_tp", strings.Replace(retransProg, "_btf", "_raw", 1),
+				rawTracepoint("tcp_retransmit_skb")),
+		},
+	}
+	for i := range retrans.candidates {
+		retrans.candidates[i].parts[0].lossy = true
+		if retransProg == "" {
+			retrans.candidates[i].unusable = errors.New("the kernel's BTF has no tcp:tcp_retransmit_skb tracepoint with 2 or 3 arguments")
+		}
+	}
 	// The scan comes first: owners of existing sockets are recorded before
 	// the state hooks start reading them. The state hooks come last: from
 	// their attach on, records pile up in the ring until the reader starts,
@@ -373,6 +420,9 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	fs := []feature{scan, sweep, forks, renames, exits, sysExit, polls}
 	if opts.EmitDrops {
 		fs = append(fs, drops, others)
+	}
+	if opts.EmitRetrans {
+		fs = append(fs, retrans)
 	}
 	fs = append(fs, states)
 	if opts.HookKind != "" {
@@ -430,6 +480,11 @@ type Tracer struct {
 	stateMisses uint64 // its recursion misses when it was attached
 	// finalMisses is its count once Detach stopped it (guarded by iterMu).
 	finalMisses uint64
+	// lossyProg is the active lossy part (see part.lossy), lossyBase its
+	// recursion misses when attached, lossyFinal the count since then once
+	// Detach stopped it (guarded by iterMu).
+	lossyProg             *ebpf.Program
+	lossyBase, lossyFinal uint64
 	// iterMu guards the iterators: one walk at a time (each advances the
 	// drop counters), and none while Detach closes them.
 	iterMu sync.Mutex
@@ -582,6 +637,10 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 					t.stateProg = coll.Programs[p.name()]
 					t.stateMisses = recursionMisses(t.stateProg, 0)
 				}
+				if p.lossy {
+					t.lossyProg = coll.Programs[p.name()]
+					t.lossyBase = recursionMisses(t.lossyProg, 0)
+				}
 			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
 			for _, rest := range f.candidates[i+1:] {
@@ -655,6 +714,17 @@ func (t *Tracer) stateSkips() uint64 {
 	return recursionMisses(t.stateProg, t.stateMisses)
 }
 
+// lossySkips is how often the kernel skipped the lossy program since it was
+// attached (recursion): records lost. Final once Detach has run.
+func (t *Tracer) lossySkips() uint64 {
+	t.iterMu.Lock()
+	defer t.iterMu.Unlock()
+	if t.lossyProg == nil {
+		return t.lossyFinal
+	}
+	return recursionMisses(t.lossyProg, t.lossyBase) - t.lossyBase
+}
+
 // recursionMisses reads how often the kernel skipped p (def if unreadable).
 func recursionMisses(p *ebpf.Program, def uint64) uint64 {
 	if p == nil {
@@ -719,6 +789,10 @@ func (t *Tracer) Detach() error {
 	if t.stateProg != nil {
 		t.finalMisses = recursionMisses(t.stateProg, t.stateMisses)
 		t.stateProg = nil
+	}
+	if t.lossyProg != nil {
+		t.lossyFinal = recursionMisses(t.lossyProg, t.lossyBase) - t.lossyBase
+		t.lossyProg = nil
 	}
 	t.iterMu.Unlock()
 	for _, c := range t.progs {

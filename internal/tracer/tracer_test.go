@@ -8,9 +8,9 @@ import (
 // The state hooks attach last: from then on records pile up in the ring until
 // the reader starts, so no other program's load may come between.
 func TestStateChangesAttachLast(t *testing.T) {
-	for _, drops := range []bool{false, true} {
+	for _, opts := range []Options{{}, {EmitDrops: true}, {EmitDrops: true, EmitRetrans: true}} {
 		tr := &Tracer{reasons: &dropReasons{names: map[uint32]string{}}}
-		fs, err := tr.features(&Options{EmitDrops: drops})
+		fs, err := tr.features(&opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -19,7 +19,7 @@ func TestStateChangesAttachLast(t *testing.T) {
 			names[i] = f.name
 		}
 		if names[len(names)-1] != "state changes" || slices.Index(names, "state changes") != len(names)-1 {
-			t.Errorf("drops %v: attach order %q: state changes should come last, once", drops, names)
+			t.Errorf("%+v: attach order %q: state changes should come last, once", opts, names)
 		}
 	}
 }
