@@ -109,6 +109,13 @@ struct sock {
 	__u32 sk_max_ack_backlog;
 } __attribute__((preserve_access_index));
 
+/* A handshake under way at a listener: its addresses and ports are in its
+ * sock_common, first, as in struct sock. */
+struct request_sock {
+	struct sock_common __req_common;
+	__u8 num_retrans;
+} __attribute__((preserve_access_index));
+
 /* The SYN queue of a listener (connections whose handshake is under way). */
 struct request_sock_queue {
 	atomic_t qlen;

@@ -818,7 +818,7 @@ int state_tp(struct trace_event_raw_inet_sock_set_state *args)
 
 /*
  * A segment the kernel retransmitted (tcp:tcp_retransmit_skb: data, SYNs and
- * FINs; SYN-ACKs have a tracepoint of their own). It runs in the timer's
+ * FINs; SYN-ACKs have a tracepoint of their own, below). It runs in the timer's
  * softirq or in whatever context acknowledgments arrive in, never surely in
  * the owner: the owner is the one the socket table recorded.
  */
@@ -854,6 +854,57 @@ static __always_inline int handle_retrans(const struct sock *sk, const bool btf)
 	e.retrans = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
 	output_record(&e, sizeof(e));
 	return 0;
+}
+
+/*
+ * A SYN-ACK sent again (tcp:tcp_retransmit_synack, only after it went out):
+ * the handshake has no socket of its own yet, so the record names sk, the
+ * listener (or a Fast Open child), whose owner the listener table holds,
+ * and the request's addresses and ports.
+ */
+static __always_inline int handle_synack(const struct sock *sk, const struct request_sock *req)
+{
+	/* Its sock_common comes first, as in struct sock: the same reads serve. */
+	const struct sock *rsk = (const struct sock *)req;
+	struct event e = {};
+	e.family = read_addrs(rsk, e.saddr, e.daddr, false);
+	if (!e.family || (cfg.family && cfg.family != e.family))
+		return 0;
+	e.lport = bound_port(rsk, false);
+	e.rport = remote_port(rsk, false);
+	if (!port_wanted(&e))
+		return 0;
+	e.netns = netns_of(rsk, false);
+	struct listen_key lk = { .netns = e.netns, .port = e.lport };
+	struct owner *o = bpf_map_lookup_elem(&listeners, &lk);
+	if (o) {
+		e.owner = *o;
+		e.flags = owner_flags(o);
+	} else {
+		e.flags = EVENT_OWNER_UNKNOWN;
+	}
+	if (!pid_wanted(&e))
+		return 0;
+	e.type = RECORD_RETRANS;
+	e.ts_ns = bpf_ktime_get_ns();
+	e.skaddr = (__u64)sk;
+	e.oldstate = TCP_SYN_RECV;
+	/* Counted once the tracepoint has fired (inet_rtx_syn_ack). */
+	e.retrans = BPF_CORE_READ(req, num_retrans) + 1;
+	output_record(&e, sizeof(e));
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(synack_btf, const struct sock *sk, const struct request_sock *req)
+{
+	return handle_synack(sk, req);
+}
+
+SEC("raw_tp/tcp_retransmit_synack")
+int BPF_PROG(synack_raw, const struct sock *sk, const struct request_sock *req)
+{
+	return handle_synack(sk, req);
 }
 
 /* Newer kernels fire the tracepoint for failed attempts too, with their error

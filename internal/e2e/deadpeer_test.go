@@ -23,9 +23,14 @@ import (
 // would. "keepalive": the client, with keepalive probes after 1 s, 1 s apart,
 // 2 of them, waits to read; "stalled": the client, with a 1.5 s
 // TCP_USER_TIMEOUT, writes and waits to read while its data is retransmitted.
+// "blackhole": the client's own socket drops every packet, so its handshake
+// never completes: its SYN is retransmitted once (TCP_SYNCNT 1) and the
+// server's SYN-ACK until the request expires (see TestHandshakeRetransmits).
 // It says "KIND PORT ERRNO RETRANS": the client's local port, what its read
-// got, and the segments it retransmitted (TCP_INFO's total_retrans, read once
-// the socket is closed). The server sockets stay open until "exit".
+// got, and the segments it retransmitted (TCP_INFO's total_retrans, read
+// once the socket is closed); "blackhole" says "KIND PORT ERRNO", its
+// connect()'s error (the failed connect() has cleared its TCP_INFO). The
+// server sockets stay open until "exit".
 func runDeadPeer(in *bufio.Reader, addr string) error {
 	// Plain TCP: a socket filter on an MPTCP socket (Go's default for
 	// listeners) would not reach its subflow.
@@ -44,6 +49,12 @@ func runDeadPeer(in *bufio.Reader, addr string) error {
 		kind := strings.TrimSpace(line)
 		if kind == "exit" {
 			return nil
+		}
+		if kind == "blackhole" {
+			if err := blackholeConnect(ln.Addr().(*net.TCPAddr)); err != nil {
+				return err
+			}
+			continue
 		}
 		if kind != "keepalive" && kind != "stalled" {
 			return fmt.Errorf("deadpeer: unknown command %q", kind)
@@ -64,11 +75,7 @@ func runDeadPeer(in *bufio.Reader, addr string) error {
 			return err
 		}
 		defer sc.Close()
-		if err := control(sc.(*net.TCPConn), func(fd int) error {
-			drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
-			return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
-				&unix.SockFprog{Len: 1, Filter: &drop[0]})
-		}); err != nil {
+		if err := control(sc.(*net.TCPConn), dropAll); err != nil {
 			return fmt.Errorf("attach the drop filter: %w", err)
 		}
 		if kind == "stalled" {
@@ -97,6 +104,47 @@ func runDeadPeer(in *bufio.Reader, addr string) error {
 		}
 		fmt.Printf("%s %d %s %d\n", kind, c.LocalAddr().(*net.TCPAddr).Port, name, info.Total_retrans)
 	}
+}
+
+// dropAll makes the socket fd drop every packet that reaches it (a classic
+// socket filter that accepts nothing), as a dead host would.
+func dropAll(fd int) error {
+	drop := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: 1, Filter: &drop[0]})
+}
+
+// blackholeConnect connects to srv from a socket that drops all it receives
+// (the SYN-ACKs), with one SYN retransmission, and waits for the server's
+// request to expire before it reports (tcp_synack_retries is the test's).
+func blackholeConnect(srv *net.TCPAddr) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := dropAll(fd); err != nil {
+		return err
+	}
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_SYNCNT, 1); err != nil {
+		return err
+	}
+	// Bound first, so the port is known after the connect() fails.
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return err
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return err
+	}
+	err = unix.Connect(fd, &unix.SockaddrInet4{Port: srv.Port, Addr: [4]byte(srv.IP.To4())})
+	name := "-"
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		name = unix.ErrnoName(errno)
+	}
+	time.Sleep(2 * time.Second) // the request's last SYN-ACK timer
+	fmt.Printf("blackhole %d %s\n", sa.(*unix.SockaddrInet4).Port, name)
+	return nil
 }
 
 // control runs f on c's file descriptor.
@@ -255,6 +303,74 @@ func TestDeadPeer(t *testing.T) {
 			for i, r := range got {
 				if r.State != "ESTABLISHED" || r.Retrans == nil || *r.Retrans != uint32(i+1) || r.PID != w.pid() || r.Comm == "" {
 					t.Errorf("%s: retransmission %d of port %d: %s, want ESTABLISHED, retrans %d, owner %d", kind, i+1, lport, r, i+1, w.pid())
+				}
+			}
+		}
+	}
+}
+
+// TestHandshakeRetransmits: a handshake whose SYN-ACKs never arrive (the
+// client's socket drops them) retransmits on both ends: the client's SYN,
+// as SYN_SENT records of the client's socket, and the server's SYN-ACK, as
+// SYN_RECV records of the handshake to the listener (a tracepoint of its
+// own), owned by the listener's process, each kind counting up from 1.
+// Ground truth: the namespace's RetransSegs, which the two kinds of record
+// must add up to exactly. On every hook path at once.
+func TestHandshakeRetransmits(t *testing.T) {
+	needRoot(t)
+	const port = 7062
+	ns := newNetNS(t)
+	// The server's request gives up after one SYN-ACK timeout, so it is gone
+	// (and its count final) soon after the client gives up.
+	if err := ns.sysctl("net/ipv4/tcp_synack_retries", "1"); err != nil {
+		t.Fatal(err)
+	}
+	tracers := startTracerPerHook(t, "--events", "retransmits")
+	before := nsCounters(t, ns)
+	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
+	defer w.wait()
+	defer w.send("exit")
+
+	w.send("blackhole")
+	fs := strings.Fields(w.expectWithin("blackhole", 30*time.Second))
+	if len(fs) != 2 || fs[1] != "ETIMEDOUT" {
+		t.Fatalf("the client got %q, want ETIMEDOUT: the workload did not do what the test needs", fs)
+	}
+	lport, err := strconv.ParseUint(fs[0], 10, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	segs := nsCounters(t, ns)["RetransSegs"] - before["RetransSegs"]
+	if segs < 2 {
+		t.Fatalf("RetransSegs grew by %d, want a SYN and a SYN-ACK at least: the workload did not do what the test needs", segs)
+	}
+	for kind, tr := range tracers {
+		var syns, acks []record
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+			syns, acks = nil, nil
+			for _, r := range tr.records("retransmit", ns) {
+				switch {
+				case r.LPort == uint16(lport) && r.RPort == port:
+					syns = append(syns, r)
+				case r.LPort == port && r.RPort == uint16(lport):
+					acks = append(acks, r)
+				default:
+					t.Errorf("%s: a retransmission of neither end: %s", kind, r)
+				}
+			}
+			if len(syns)+len(acks) >= int(segs) || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(syns) == 0 || len(acks) == 0 || len(syns)+len(acks) != int(segs) {
+			t.Errorf("%s: %d SYN and %d SYN-ACK retransmit records, want some of each and %d in all (RetransSegs):\n%s",
+				kind, len(syns), len(acks), segs, dump(tr.records("retransmit", ns)))
+			continue
+		}
+		for what, rs := range map[string][]record{"SYN_SENT": syns, "SYN_RECV": acks} {
+			for i, r := range rs {
+				if r.State != what || r.Retrans == nil || *r.Retrans != uint32(i+1) || r.PID != w.pid() {
+					t.Errorf("%s: retransmission %d in %s: %s, want retrans %d, owner %d", kind, i+1, what, r, i+1, w.pid())
 				}
 			}
 		}

@@ -255,6 +255,8 @@ const (
 	tcptraceProgSynFexit       = "syn_fexit"
 	tcptraceProgSynKprobe      = "syn_kprobe"
 	tcptraceProgSynKretprobe   = "syn_kretprobe"
+	tcptraceProgSynackBtf      = "synack_btf"
+	tcptraceProgSynackRaw      = "synack_raw"
 	tcptraceProgSysExitBtf     = "sys_exit_btf"
 	tcptraceProgSysExitRaw     = "sys_exit_raw"
 	tcptraceProgTcpDropFentry  = "tcp_drop_fentry"
@@ -347,6 +349,8 @@ type tcptraceProgramSpecs struct {
 	SynFexit      *ebpf.ProgramSpec `ebpf:"syn_fexit"`
 	SynKprobe     *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
 	SynKretprobe  *ebpf.ProgramSpec `ebpf:"syn_kretprobe"`
+	SynackBtf     *ebpf.ProgramSpec `ebpf:"synack_btf"`
+	SynackRaw     *ebpf.ProgramSpec `ebpf:"synack_raw"`
 	SysExitBtf    *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
 	SysExitRaw    *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
 	TcpDropFentry *ebpf.ProgramSpec `ebpf:"tcp_drop_fentry"`
@@ -494,6 +498,8 @@ type tcptracePrograms struct {
 	SynFexit      *ebpf.Program `ebpf:"syn_fexit"`
 	SynKprobe     *ebpf.Program `ebpf:"syn_kprobe"`
 	SynKretprobe  *ebpf.Program `ebpf:"syn_kretprobe"`
+	SynackBtf     *ebpf.Program `ebpf:"synack_btf"`
+	SynackRaw     *ebpf.Program `ebpf:"synack_raw"`
 	SysExitBtf    *ebpf.Program `ebpf:"sys_exit_btf"`
 	SysExitRaw    *ebpf.Program `ebpf:"sys_exit_raw"`
 	TcpDropFentry *ebpf.Program `ebpf:"tcp_drop_fentry"`
@@ -537,6 +543,8 @@ func (p *tcptracePrograms) Close() error {
 		p.SynFexit,
 		p.SynKprobe,
 		p.SynKretprobe,
+		p.SynackBtf,
+		p.SynackRaw,
 		p.SysExitBtf,
 		p.SysExitRaw,
 		p.TcpDropFentry,

@@ -401,13 +401,15 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 		name:     "retransmits",
 		degraded: "retransmissions are not reported (a close still says how many the connection made)",
 		candidates: []candidate{
-			single("tp_btf/tcp_retransmit_skb", "tp_btf", retransProg, tpBTF),
-			single("raw_tp/tcp_retransmit_skb", "raw_tp", strings.Replace(retransProg, "_btf", "_raw", 1),
-				rawTracepoint("tcp_retransmit_skb")),
+			{name: "tp_btf/tcp_retransmit_skb,tcp_retransmit_synack", kind: "tp_btf", parts: []part{
+				{prog: retransProg, attach: tpBTF, lossy: true},
+				{prog: "synack_btf", attach: tpBTF, lossy: true}}},
+			{name: "raw_tp/tcp_retransmit_skb,tcp_retransmit_synack", kind: "raw_tp", parts: []part{
+				{prog: strings.Replace(retransProg, "_btf", "_raw", 1), attach: rawTracepoint("tcp_retransmit_skb"), lossy: true},
+				{prog: "synack_raw", attach: rawTracepoint("tcp_retransmit_synack"), lossy: true}}},
 		},
 	}
 	for i := range retrans.candidates {
-		retrans.candidates[i].parts[0].lossy = true
 		if retransProg == "" {
 			retrans.candidates[i].unusable = errors.New("the kernel's BTF has no tcp:tcp_retransmit_skb tracepoint with 2 or 3 arguments")
 		}
@@ -480,11 +482,11 @@ type Tracer struct {
 	stateMisses uint64 // its recursion misses when it was attached
 	// finalMisses is its count once Detach stopped it (guarded by iterMu).
 	finalMisses uint64
-	// lossyProg is the active lossy part (see part.lossy), lossyBase its
-	// recursion misses when attached, lossyFinal the count since then once
-	// Detach stopped it (guarded by iterMu).
-	lossyProg             *ebpf.Program
-	lossyBase, lossyFinal uint64
+	// lossy are the active lossy parts (see part.lossy), with their
+	// recursion misses when attached; lossyFinal is their misses since then
+	// once Detach stopped them (guarded by iterMu).
+	lossy      []lossyProg
+	lossyFinal uint64
 	// iterMu guards the iterators: one walk at a time (each advances the
 	// drop counters), and none while Detach closes them.
 	iterMu sync.Mutex
@@ -638,8 +640,8 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 					t.stateMisses = recursionMisses(t.stateProg, 0)
 				}
 				if p.lossy {
-					t.lossyProg = coll.Programs[p.name()]
-					t.lossyBase = recursionMisses(t.lossyProg, 0)
+					prog := coll.Programs[p.name()]
+					t.lossy = append(t.lossy, lossyProg{prog, recursionMisses(prog, 0)})
 				}
 			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
@@ -714,15 +716,30 @@ func (t *Tracer) stateSkips() uint64 {
 	return recursionMisses(t.stateProg, t.stateMisses)
 }
 
-// lossySkips is how often the kernel skipped the lossy program since it was
-// attached (recursion): records lost. Final once Detach has run.
+// lossyProg is a program whose skipped runs are lost records, and its
+// recursion misses when it was attached.
+type lossyProg struct {
+	prog *ebpf.Program
+	base uint64
+}
+
+// lossySkips is how often the kernel skipped the lossy programs since they
+// were attached (recursion): records lost. Final once Detach has run.
 func (t *Tracer) lossySkips() uint64 {
 	t.iterMu.Lock()
 	defer t.iterMu.Unlock()
-	if t.lossyProg == nil {
+	if t.lossy == nil {
 		return t.lossyFinal
 	}
-	return recursionMisses(t.lossyProg, t.lossyBase) - t.lossyBase
+	return t.lossyMisses()
+}
+
+func (t *Tracer) lossyMisses() uint64 {
+	var n uint64
+	for _, l := range t.lossy {
+		n += recursionMisses(l.prog, l.base) - l.base
+	}
+	return n
 }
 
 // recursionMisses reads how often the kernel skipped p (def if unreadable).
@@ -790,9 +807,9 @@ func (t *Tracer) Detach() error {
 		t.finalMisses = recursionMisses(t.stateProg, t.stateMisses)
 		t.stateProg = nil
 	}
-	if t.lossyProg != nil {
-		t.lossyFinal = recursionMisses(t.lossyProg, t.lossyBase) - t.lossyBase
-		t.lossyProg = nil
+	if t.lossy != nil {
+		t.lossyFinal = t.lossyMisses()
+		t.lossy = nil
 	}
 	t.iterMu.Unlock()
 	for _, c := range t.progs {
