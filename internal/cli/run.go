@@ -117,7 +117,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Verbose {
 		fmt.Fprintf(stderr, "tcptrace: owner snapshot: %d sockets in %v\n", owners.Tracked(), time.Since(start).Round(time.Millisecond))
 	}
-	fmt.Fprintf(stderr, "tcptrace: tracing TCP state changes via %s; Ctrl-C to stop\n", tr.ActiveHook("state changes"))
+	tracing := "TCP state changes via " + tr.ActiveHook("state changes")
+	if h := tr.ActiveHook("retransmits"); h != "" {
+		tracing += ", retransmits via " + h
+	}
+	fmt.Fprintf(stderr, "tcptrace: tracing %s; Ctrl-C to stop\n", tracing)
 
 	if cfg.Duration > 0 {
 		var cancel context.CancelFunc
