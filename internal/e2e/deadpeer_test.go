@@ -326,6 +326,8 @@ func TestHandshakeRetransmits(t *testing.T) {
 		t.Fatal(err)
 	}
 	tracers := startTracerPerHook(t, "--events", "retransmits")
+	// --pid applies to retransmissions: another process's see none.
+	other := startTracer(t, "--events", "retransmits", "--pid", "1")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
 	defer w.wait()
@@ -374,5 +376,8 @@ func TestHandshakeRetransmits(t *testing.T) {
 				}
 			}
 		}
+	}
+	if rs := other.records("retransmit", ns); len(rs) != 0 {
+		t.Errorf("--pid 1: %d retransmit records of the workload's sockets:\n%s", len(rs), dump(rs))
 	}
 }
