@@ -817,6 +817,42 @@ int state_tp(struct trace_event_raw_inet_sock_set_state *args)
 }
 
 /*
+ * Retransmission records. The ends of the connection come from s, a socket
+ * or a handshake's request (whose sock_common comes first, as in struct
+ * sock: the same reads serve; its local port is only in skc_num); false when
+ * the family or port filters leave it out.
+ */
+static __always_inline bool retrans_ends(struct event *e, const struct sock *s, const bool request, const bool btf)
+{
+	e->family = read_addrs(s, e->saddr, e->daddr, btf);
+	if (!e->family || (cfg.family && cfg.family != e->family))
+		return false;
+	e->lport = request ? bound_port(s, btf) : local_port(s, btf);
+	e->rport = remote_port(s, btf);
+	e->netns = netns_of(s, btf);
+	return port_wanted(e);
+}
+
+/* Sends e, owned by o (NULL: unknown), unless --pid leaves it out. */
+static __always_inline void retrans_out(struct event *e, const struct owner *o, __u64 skaddr, __u8 state, __u32 retrans)
+{
+	if (o) {
+		e->owner = *o;
+		e->flags = owner_flags(o);
+	} else {
+		e->flags = EVENT_OWNER_UNKNOWN;
+	}
+	if (!pid_wanted(e))
+		return;
+	e->type = RECORD_RETRANS;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->skaddr = skaddr;
+	e->oldstate = state;
+	e->retrans = retrans;
+	output_record(e, sizeof(*e));
+}
+
+/*
  * A segment the kernel retransmitted (tcp:tcp_retransmit_skb: data, SYNs and
  * FINs; SYN-ACKs have a tracepoint of their own, below). It runs in the timer's
  * softirq or in whatever context acknowledgments arrive in, never surely in
@@ -824,35 +860,15 @@ int state_tp(struct trace_event_raw_inet_sock_set_state *args)
  */
 static __always_inline int handle_retrans(const struct sock *sk, const bool btf)
 {
-	if (!is_tcp(sk, btf))
-		return 0;
 	struct event e = {};
-	e.family = read_addrs(sk, e.saddr, e.daddr, btf);
-	if (!e.family || (cfg.family && cfg.family != e.family))
-		return 0;
-	e.lport = local_port(sk, btf);
-	e.rport = remote_port(sk, btf);
-	if (!port_wanted(&e))
+	if (!is_tcp(sk, btf) || !retrans_ends(&e, sk, false, btf))
 		return 0;
 	__u64 skaddr = (__u64)sk;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
-	/* A closed entry is an earlier socket's at this address. */
-	if (si && si->state != TCP_CLOSE) {
-		e.owner = si->owner;
-		e.flags = owner_flags(&si->owner);
-	} else {
-		e.flags = EVENT_OWNER_UNKNOWN;
-	}
-	if (!pid_wanted(&e))
-		return 0;
-	e.type = RECORD_RETRANS;
-	e.ts_ns = bpf_ktime_get_ns();
-	e.skaddr = skaddr;
-	e.netns = netns_of(sk, btf);
-	e.oldstate = READ(btf, sk, __sk_common.skc_state);
-	/* Counted before the tracepoint fires: this retransmission included. */
-	e.retrans = BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans);
-	output_record(&e, sizeof(e));
+	/* A closed entry is an earlier socket's at this address. Past struct
+	 * sock, total_retrans counts this retransmission already. */
+	retrans_out(&e, si && si->state != TCP_CLOSE ? &si->owner : NULL, skaddr, READ(btf, sk, __sk_common.skc_state),
+		    BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans));
 	return 0;
 }
 
@@ -864,34 +880,12 @@ static __always_inline int handle_retrans(const struct sock *sk, const bool btf)
  */
 static __always_inline int handle_synack(const struct sock *sk, const struct request_sock *req)
 {
-	/* Its sock_common comes first, as in struct sock: the same reads serve. */
-	const struct sock *rsk = (const struct sock *)req;
 	struct event e = {};
-	e.family = read_addrs(rsk, e.saddr, e.daddr, false);
-	if (!e.family || (cfg.family && cfg.family != e.family))
+	if (!retrans_ends(&e, (const struct sock *)req, true, false))
 		return 0;
-	e.lport = bound_port(rsk, false);
-	e.rport = remote_port(rsk, false);
-	if (!port_wanted(&e))
-		return 0;
-	e.netns = netns_of(rsk, false);
 	struct listen_key lk = { .netns = e.netns, .port = e.lport };
-	struct owner *o = bpf_map_lookup_elem(&listeners, &lk);
-	if (o) {
-		e.owner = *o;
-		e.flags = owner_flags(o);
-	} else {
-		e.flags = EVENT_OWNER_UNKNOWN;
-	}
-	if (!pid_wanted(&e))
-		return 0;
-	e.type = RECORD_RETRANS;
-	e.ts_ns = bpf_ktime_get_ns();
-	e.skaddr = (__u64)sk;
-	e.oldstate = TCP_SYN_RECV;
-	/* Counted once the tracepoint has fired (inet_rtx_syn_ack). */
-	e.retrans = BPF_CORE_READ(req, num_retrans) + 1;
-	output_record(&e, sizeof(e));
+	/* num_retrans counts this one once the tracepoint has fired (inet_rtx_syn_ack). */
+	retrans_out(&e, bpf_map_lookup_elem(&listeners, &lk), (__u64)sk, TCP_SYN_RECV, BPF_CORE_READ(req, num_retrans) + 1);
 	return 0;
 }
 
