@@ -389,30 +389,25 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	}
 	// Retransmissions: the variant whose arguments match the kernel's
 	// tracepoint (newer kernels add the attempt's error as a third).
-	retransProg := "retrans_btf"
-	switch n := t.tracepointArgs("tcp_retransmit_skb"); n {
+	retransProg, noRetrans := "retrans_btf", error(nil)
+	switch t.tracepointArgs("tcp_retransmit_skb") {
 	case 2:
 	case 3:
 		retransProg += "_err"
 	default:
-		retransProg = ""
+		noRetrans = errors.New("the kernel's BTF has no tcp:tcp_retransmit_skb tracepoint with 2 or 3 arguments")
 	}
 	retrans := feature{
 		name:     "retransmits",
 		degraded: "retransmissions are not reported (a close still says how many the connection made)",
 		candidates: []candidate{
-			{name: "tp_btf/tcp_retransmit_skb,tcp_retransmit_synack", kind: "tp_btf", parts: []part{
+			{name: "tp_btf/tcp_retransmit_skb,tcp_retransmit_synack", kind: "tp_btf", unusable: noRetrans, parts: []part{
 				{prog: retransProg, attach: tpBTF, lossy: true},
 				{prog: "synack_btf", attach: tpBTF, lossy: true}}},
-			{name: "raw_tp/tcp_retransmit_skb,tcp_retransmit_synack", kind: "raw_tp", parts: []part{
+			{name: "raw_tp/tcp_retransmit_skb,tcp_retransmit_synack", kind: "raw_tp", unusable: noRetrans, parts: []part{
 				{prog: strings.Replace(retransProg, "_btf", "_raw", 1), attach: rawTracepoint("tcp_retransmit_skb"), lossy: true},
 				{prog: "synack_raw", attach: rawTracepoint("tcp_retransmit_synack"), lossy: true}}},
 		},
-	}
-	for i := range retrans.candidates {
-		if retransProg == "" {
-			retrans.candidates[i].unusable = errors.New("the kernel's BTF has no tcp:tcp_retransmit_skb tracepoint with 2 or 3 arguments")
-		}
 	}
 	// The scan comes first: owners of existing sockets are recorded before
 	// the state hooks start reading them. The state hooks come last: from
