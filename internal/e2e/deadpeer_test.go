@@ -24,8 +24,9 @@ import (
 // 2 of them, waits to read; "stalled": the client, with a 1.5 s
 // TCP_USER_TIMEOUT, writes and waits to read while its data is retransmitted.
 // "blackhole": the client's own socket drops every packet, so its handshake
-// never completes: its SYN is retransmitted once (TCP_SYNCNT 1) and the
-// server's SYN-ACK until the request expires (see TestHandshakeRetransmits).
+// never completes: its SYN is retransmitted until TCP_SYNCNT 1 gives up (twice
+// on 6.18: the test counts, it does not assume) and the server's SYN-ACK
+// until the request expires (see TestHandshakeRetransmits).
 // It says "KIND PORT ERRNO RETRANS": the client's local port, what its read
 // got, and the segments it retransmitted (TCP_INFO's total_retrans, read
 // once the socket is closed); "blackhole" says "KIND PORT ERRNO", its
@@ -114,7 +115,7 @@ func dropAll(fd int) error {
 }
 
 // blackholeConnect connects to srv from a socket that drops all it receives
-// (the SYN-ACKs), with one SYN retransmission, and waits for the server's
+// (the SYN-ACKs), with few SYN retransmissions, and waits for the server's
 // request to expire before it reports (tcp_synack_retries is the test's).
 func blackholeConnect(srv *net.TCPAddr) error {
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
