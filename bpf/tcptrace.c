@@ -38,6 +38,7 @@ enum {
 	TCP_LAST_ACK = 9,
 	TCP_LISTEN = 10,
 	TCP_CLOSING = 11,
+	TCP_NEW_SYN_RECV = 12,
 };
 
 volatile const struct config cfg = {};
@@ -833,8 +834,11 @@ static __always_inline bool retrans_ends(struct event *e, const struct sock *s, 
 	return port_wanted(e);
 }
 
-/* Sends e, owned by o (NULL: unknown), unless --pid leaves it out. */
-static __always_inline void retrans_out(struct event *e, const struct owner *o, __u64 skaddr, __u8 state, __u32 retrans)
+/* Sends e, a record of kind type about socket skaddr (in state), owned by o
+ * (NULL: unknown), unless --pid leaves it out. n is the record's count
+ * (retransmissions) or reason (resets). */
+static __always_inline void owned_out(struct event *e, const struct owner *o, enum record_type type, __u64 skaddr,
+				      __u8 state, __u32 n)
 {
 	if (o) {
 		e->owner = *o;
@@ -844,11 +848,11 @@ static __always_inline void retrans_out(struct event *e, const struct owner *o, 
 	}
 	if (!pid_wanted(e))
 		return;
-	e->type = RECORD_RETRANS;
+	e->type = type;
 	e->ts_ns = bpf_ktime_get_ns();
 	e->skaddr = skaddr;
 	e->oldstate = state;
-	e->retrans = retrans;
+	e->retrans = n; /* reason shares its place */
 	output_record(e, sizeof(*e));
 }
 
@@ -867,8 +871,8 @@ static __always_inline int handle_retrans(const struct sock *sk, const bool btf)
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
 	/* A closed entry is an earlier socket's at this address. Past struct
 	 * sock, total_retrans counts this retransmission already. */
-	retrans_out(&e, si && si->state != TCP_CLOSE ? &si->owner : NULL, skaddr, READ(btf, sk, __sk_common.skc_state),
-		    BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans));
+	owned_out(&e, si && si->state != TCP_CLOSE ? &si->owner : NULL, RECORD_RETRANS, skaddr,
+		  READ(btf, sk, __sk_common.skc_state), BPF_CORE_READ((const struct tcp_sock *)sk, total_retrans));
 	return 0;
 }
 
@@ -885,7 +889,8 @@ static __always_inline int handle_synack(const struct sock *sk, const struct req
 		return 0;
 	struct listen_key lk = { .netns = e.netns, .port = e.lport };
 	/* num_retrans counts this one once the tracepoint has fired (inet_rtx_syn_ack). */
-	retrans_out(&e, bpf_map_lookup_elem(&listeners, &lk), (__u64)sk, TCP_SYN_RECV, BPF_CORE_READ(req, num_retrans) + 1);
+	owned_out(&e, bpf_map_lookup_elem(&listeners, &lk), RECORD_RETRANS, (__u64)sk, TCP_SYN_RECV,
+		  BPF_CORE_READ(req, num_retrans) + 1);
 	return 0;
 }
 
@@ -1287,6 +1292,41 @@ int BPF_PROG(kfree_rx_sk, struct sk_buff *skb, void *location, int reason, struc
 }
 
 /*
+ * The ends of a TCP segment as if it came in: local its destination, remote
+ * its source. Returns the family, 0 when skb holds no parsed TCP segment.
+ */
+static __always_inline __u16 packet_ends(const struct sk_buff *skb, __u8 *local, __u8 *remote, __u16 *lport,
+					 __u16 *rport)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	if (th == (__u16)~0U || nh == (__u16)~0U) /* not parsed down to TCP */
+		return 0;
+	__u8 l4 = 0;
+	__u16 family = 0;
+	__be16 proto = BPF_CORE_READ(skb, protocol);
+	if (proto == bpf_htons(ETH_P_IP)) {
+		bpf_probe_read_kernel(&l4, 1, head + nh + 9);
+		family = AF_INET;
+		bpf_probe_read_kernel(remote, 4, head + nh + 12);
+		bpf_probe_read_kernel(local, 4, head + nh + 16);
+	} else if (proto == bpf_htons(ETH_P_IPV6)) {
+		bpf_probe_read_kernel(&l4, 1, head + nh + 6);
+		family = AF_INET6;
+		bpf_probe_read_kernel(remote, 16, head + nh + 8);
+		bpf_probe_read_kernel(local, 16, head + nh + 24);
+	}
+	if (l4 != IPPROTO_TCP)
+		return 0;
+	__be16 ports[2] = {};
+	bpf_probe_read_kernel(ports, sizeof(ports), head + th);
+	*rport = bpf_ntohs(ports[0]);
+	*lport = bpf_ntohs(ports[1]);
+	return family;
+}
+
+/*
  * Other TCP drops (what tcpdrop shows): a TCP packet the kernel freed as
  * dropped, named by the kernel's reason where it gives one. sk is the socket
  * it belonged to, if known. The ends come from the packet: an incoming one's
@@ -1299,31 +1339,10 @@ static __always_inline int handle_other_drop(const struct sk_buff *skb, __u32 re
 		return 0;
 	if (sk && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_LISTEN)
 		return 0;
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 th = BPF_CORE_READ(skb, transport_header);
-	if (th == (__u16)~0U || nh == (__u16)~0U) /* not parsed down to TCP */
-		return 0;
 	struct drop d = {};
-	__u8 l4 = 0;
-	__be16 proto = BPF_CORE_READ(skb, protocol);
-	if (proto == bpf_htons(ETH_P_IP)) {
-		bpf_probe_read_kernel(&l4, 1, head + nh + 9);
-		d.family = AF_INET;
-		bpf_probe_read_kernel(d.daddr, 4, head + nh + 12);
-		bpf_probe_read_kernel(d.saddr, 4, head + nh + 16);
-	} else if (proto == bpf_htons(ETH_P_IPV6)) {
-		bpf_probe_read_kernel(&l4, 1, head + nh + 6);
-		d.family = AF_INET6;
-		bpf_probe_read_kernel(d.daddr, 16, head + nh + 8);
-		bpf_probe_read_kernel(d.saddr, 16, head + nh + 24);
-	}
-	if (l4 != IPPROTO_TCP || (cfg.family && cfg.family != d.family))
+	d.family = packet_ends(skb, d.saddr, d.daddr, &d.lport, &d.rport);
+	if (!d.family || (cfg.family && cfg.family != d.family))
 		return 0;
-	__be16 ports[2] = {};
-	bpf_probe_read_kernel(ports, sizeof(ports), head + th);
-	d.rport = bpf_ntohs(ports[0]);
-	d.lport = bpf_ntohs(ports[1]);
 
 	if (sk && is_tcp(sk, false)) {
 		__u64 skaddr = (__u64)sk;
@@ -1395,6 +1414,79 @@ SEC("kprobe/tcp_drop")
 int BPF_KPROBE(tcp_drop_kprobe, struct sock *sk, struct sk_buff *skb)
 {
 	return handle_other_drop(skb, 0, sk);
+}
+
+/*
+ * A reset this host sent (tcp:tcp_send_reset). skb is the segment that drew
+ * it, NULL for an abort (the application closed with data unread, or with
+ * SO_LINGER 0; a keepalive or memory abort): its ends, reversed, are the
+ * reset's. sk is the socket that sent it: a full socket, a listener, a
+ * timewait socket, or NULL when no socket took the segment (a closed port).
+ * Kernels that pass a reason (6.10+) fire for all of those; earlier ones
+ * only for full sockets. The owner: the socket table's, or for a listener
+ * the listener table's; none for the rest.
+ */
+static __always_inline int handle_reset(const struct sock *sk, const struct sk_buff *skb, __u32 reason)
+{
+	struct event e = {};
+	__u8 state = sk ? BPF_CORE_READ(sk, __sk_common.skc_state) : 0;
+	if (skb) {
+		e.family = packet_ends(skb, e.saddr, e.daddr, &e.lport, &e.rport);
+		e.netns = sk ? netns_of(sk, false) : BPF_CORE_READ(skb, dev, nd_net.net, ns.inum);
+	} else if (sk) {
+		e.family = read_addrs(sk, e.saddr, e.daddr, false);
+		e.lport = local_port(sk, false);
+		e.rport = remote_port(sk, false);
+		e.netns = netns_of(sk, false);
+	}
+	if (!e.family || (cfg.family && cfg.family != e.family) || !port_wanted(&e))
+		return 0;
+
+	/* A timewait or request socket has no owner to find, now or later:
+	 * such a reset names no socket. */
+	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
+		sk = NULL;
+	__u64 skaddr = (__u64)sk;
+	const struct owner *o = NULL;
+	if (state == TCP_LISTEN) {
+		struct listen_key lk = { .netns = e.netns, .port = e.lport };
+		o = bpf_map_lookup_elem(&listeners, &lk);
+	} else if (sk) {
+		/* An abort resets a socket already closed (tcp_set_state came
+		 * first): then its closed entry is its own. Otherwise a closed
+		 * entry is an earlier socket's at this address. */
+		struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
+		if (si && (si->state != TCP_CLOSE || state == TCP_CLOSE))
+			o = &si->owner;
+	}
+	owned_out(&e, o, RECORD_RESET, skaddr, state, reason);
+	return 0;
+}
+
+/* The loader picks the variant whose arguments match the kernel's tracepoint
+ * (its BTF says), and attaches it only for --events resets. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(reset_btf, const struct sock *sk, const struct sk_buff *skb)
+{
+	return handle_reset(sk, skb, RESET_REASON_NONE);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(reset_btf_reason, const struct sock *sk, const struct sk_buff *skb, int reason)
+{
+	return handle_reset(sk, skb, reason);
+}
+
+SEC("raw_tp/tcp_send_reset")
+int BPF_PROG(reset_raw, const struct sock *sk, const struct sk_buff *skb)
+{
+	return handle_reset(sk, skb, RESET_REASON_NONE);
+}
+
+SEC("raw_tp/tcp_send_reset")
+int BPF_PROG(reset_raw_reason, const struct sock *sk, const struct sk_buff *skb, int reason)
+{
+	return handle_reset(sk, skb, reason);
 }
 
 /*

@@ -8,7 +8,13 @@ enum record_type {
 	/* A segment the kernel retransmitted (struct event: oldstate is the
 	 * socket's state, retrans its count so far, this one included). */
 	RECORD_RETRANS = 3,
+	/* A reset this host sent (struct event: oldstate is the sending
+	 * socket's state, 0 without a socket; reason says why). */
+	RECORD_RESET = 4,
 };
+
+/* struct event's reason when the kernel gives none (before 6.10). */
+#define RESET_REASON_NONE 0xffffffff
 
 enum drop_kind {
 	/* One dropped packet, seen by kfree_skb: reason and client known. */
@@ -91,7 +97,10 @@ struct event {
 	__u16 rport;       /* host byte order */
 	__u8 oldstate;
 	__u8 newstate;
-	__u32 retrans;     /* at a change into CLOSE: segments the connection retransmitted (tcp_sock total_retrans) */
+	union {
+		__u32 retrans; /* at a change into CLOSE: segments the connection retransmitted (tcp_sock total_retrans) */
+		__u32 reason;  /* RECORD_RESET: the kernel's enum sk_rst_reason, or RESET_REASON_NONE */
+	};
 	__u8 saddr[16];    /* network byte order; IPv4 in the first 4 bytes */
 	__u8 daddr[16];
 	struct owner owner;

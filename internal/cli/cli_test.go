@@ -23,13 +23,19 @@ func TestParseDefaults(t *testing.T) {
 	if c.Output != output.Text || c.Family != 0 || c.StateMask() != 0 || c.RingSize != 8<<20 || c.Duration != 0 {
 		t.Fatalf("defaults: %+v", c)
 	}
-	// Retransmissions only when asked for: on a lossy link they are many.
-	if !c.EmitStates || !c.EmitDrops || c.EmitRetrans {
-		t.Fatalf("default record kinds: states %v, drops %v, retransmits %v", c.EmitStates, c.EmitDrops, c.EmitRetrans)
+	// Retransmissions and resets only when asked for: on a lossy link or
+	// under a scan they are many.
+	if !c.EmitStates || !c.EmitDrops || c.EmitRetrans || c.EmitResets {
+		t.Fatalf("default record kinds: states %v, drops %v, retransmits %v, resets %v",
+			c.EmitStates, c.EmitDrops, c.EmitRetrans, c.EmitResets)
 	}
 	c, err = Parse([]string{"--events", "states,retransmits"})
-	if err != nil || !c.EmitStates || c.EmitDrops || !c.EmitRetrans {
+	if err != nil || !c.EmitStates || c.EmitDrops || !c.EmitRetrans || c.EmitResets {
 		t.Fatalf("--events states,retransmits: %+v, %v", c, err)
+	}
+	c, err = Parse([]string{"--events", "resets"})
+	if err != nil || c.EmitStates || c.EmitDrops || c.EmitRetrans || !c.EmitResets {
+		t.Fatalf("--events resets: %+v, %v", c, err)
 	}
 }
 
@@ -128,8 +134,8 @@ func TestPipelineCommFilter(t *testing.T) {
 	}
 }
 
-// Retransmissions pass --comm like state changes, and --state and --errors,
-// which select state changes, leave them alone.
+// Retransmissions and resets pass --comm like state changes, and --state and
+// --errors, which select state changes, leave them alone.
 func TestPipelineRetransmits(t *testing.T) {
 	c, err := Parse([]string{"--errors", "--events", "retransmits", "-c", "node", "--close-wait-alert", "1m"})
 	if err != nil {
@@ -140,15 +146,20 @@ func TestPipelineRetransmits(t *testing.T) {
 		stuck: closewait.NewStuck(c.CloseWaitAlert)}
 	e := &event.Event{Kind: event.KindRetrans, Family: event.IPv4, OldState: tcpstate.Established, Retrans: 2,
 		LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1")}
+	reset := &event.Event{Kind: event.KindReset, Family: event.IPv4, OldState: tcpstate.Close, ResetReason: "tcp_state",
+		LAddr: netip.MustParseAddr("127.0.0.1"), RAddr: netip.MustParseAddr("127.0.0.1")}
 	for _, comm := range []string{"node", "nginx"} {
-		e.SetComm(comm)
-		if err := p.Record(e); err != nil {
-			t.Fatal(err)
+		for _, e := range []*event.Event{e, reset} {
+			e.SetComm(comm)
+			if err := p.Record(e); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	p.Idle()
-	if out := buf.String(); strings.Count(out, `"type":"retransmit"`) != 1 || !strings.Contains(out, `"comm":"node"`) || p.dropped != 1 {
-		t.Fatalf("retransmits kept:\n%s", out)
+	if out := buf.String(); strings.Count(out, `"type":"retransmit"`) != 1 || strings.Count(out, `"type":"reset"`) != 1 ||
+		strings.Count(out, `"comm":"node"`) != 2 || p.dropped != 2 {
+		t.Fatalf("retransmits and resets kept:\n%s", out)
 	}
 }
 

@@ -36,8 +36,8 @@ type Config struct {
 	Family     int // 0, 4 or 6
 	Duration   time.Duration
 	RingSize   uint32
-	// Events selects the record kinds: states, drops, retransmits.
-	EmitStates, EmitDrops, EmitRetrans bool
+	// Events selects the record kinds: states, drops, retransmits, resets.
+	EmitStates, EmitDrops, EmitRetrans, EmitResets bool
 	// DropRate is how many per-packet drop records a listener may send per
 	// second before they fold into one summary per second.
 	DropRate int
@@ -93,7 +93,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
-	fs.StringSliceVar(&raw.events, "events", []string{"states", "drops"}, "record kinds: states, drops, retransmits (each segment the kernel retransmits)")
+	fs.StringSliceVar(&raw.events, "events", []string{"states", "drops"}, "record kinds: states, drops, retransmits (each segment the kernel retransmits), resets (each reset this host sends)")
 	fs.IntVar(&c.DropRate, "drop-rate", 50, "per-packet drop records per listener per second before they fold into a summary")
 	fs.DurationVar(&c.CloseWaitAlert, "close-wait-alert", 0, "report each socket stuck in CLOSE_WAIT this long (a close_wait_stuck record)")
 	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts")
@@ -169,8 +169,10 @@ func Parse(args []string) (*Config, error) {
 			c.EmitDrops = true
 		case "retransmits":
 			c.EmitRetrans = true
+		case "resets":
+			c.EmitResets = true
 		default:
-			return nil, usagef("invalid --events %q: want states, drops and/or retransmits", ev)
+			return nil, usagef("invalid --events %q: want states, drops, retransmits and/or resets", ev)
 		}
 	}
 	if c.DropRate < 1 {

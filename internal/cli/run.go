@@ -98,6 +98,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		EmitStates:   cfg.EmitStates,
 		EmitDrops:    cfg.EmitDrops,
 		EmitRetrans:  cfg.EmitRetrans,
+		EmitResets:   cfg.EmitResets,
 		UnseenState:  uint8(cfg.UnseenState),
 		Without:      cfg.Without,
 	}, cfg.Verbose, stderr)
@@ -120,6 +121,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	tracing := "TCP state changes via " + tr.ActiveHook("state changes")
 	if h := tr.ActiveHook("retransmits"); h != "" {
 		tracing += ", retransmits via " + h
+	}
+	if h := tr.ActiveHook("resets"); h != "" {
+		tracing += ", resets sent via " + h
 	}
 	fmt.Fprintf(stderr, "tcptrace: tracing %s; Ctrl-C to stop\n", tracing)
 
@@ -234,7 +238,7 @@ func (p *pipeline) Record(e *event.Event) error {
 		}
 		return p.writeDrop(e)
 	}
-	if e.Kind == event.KindState || e.Kind == event.KindRetrans {
+	if e.Kind == event.KindState || e.Kind == event.KindRetrans || e.Kind == event.KindReset {
 		if p.owners != nil {
 			p.owners.Enrich(e, tracer.Mono)
 		}

@@ -256,7 +256,7 @@ func TestHooksChosen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, _, stderr := runTcptrace(t, nil, exe, "-v", "--events", "states,drops,retransmits", "--duration", "1ms")
+	code, _, stderr := runTcptrace(t, nil, exe, "-v", "--events", "states,drops,retransmits,resets", "--duration", "1ms")
 	if code != 0 {
 		t.Fatalf("exit %d:\n%s", code, stderr)
 	}
@@ -273,7 +273,7 @@ func TestHooksChosen(t *testing.T) {
 			t.Logf("%-28s none: %s", feature+":", why)
 		}
 	}
-	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "renames", "exits", "connect port, accept owner", "listener drop counters", "closed socket sweep", "retransmits"} {
+	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "renames", "exits", "connect port, accept owner", "listener drop counters", "closed socket sweep", "retransmits", "resets"} {
 		if active[f] == "" {
 			t.Errorf("no active hook for %s:\n%s", f, stderr)
 		}

@@ -93,6 +93,8 @@ func runWorkload(role string, args []string) error {
 		return runExhaust(in, *addr)
 	case "deadpeer":
 		return runDeadPeer(in, *addr)
+	case "resets":
+		return runResets(in, *addr)
 	case "storm":
 		if *clients > 1 {
 			return runParallelStorm(*network, *addr, *count, *clients)

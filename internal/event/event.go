@@ -33,6 +33,12 @@ const (
 	// a SYN or a FIN); OldState is the state the socket was in, Retrans
 	// its retransmissions so far, this one included.
 	KindRetrans
+	// KindReset: this host sent a reset. OldState is the state of the
+	// socket that sent it (0: no socket took the segment that drew it,
+	// e.g. one to a closed port), ResetReason the kernel's reason for it;
+	// the ends are the connection's (LAddr:LPort this host's). Sock is 0
+	// without a socket.
+	KindReset
 )
 
 // Family is the address family shown to the user (v4-mapped IPv6 is IPv4).
@@ -96,6 +102,10 @@ type Event struct {
 	// retransmitted in its life (the kernel's total_retrans, which counts
 	// SYN and SYN-ACK retransmissions too); on KindRetrans, how many so far.
 	Retrans uint32
+	// ResetReason is, on KindReset, the kernel's reason for the reset in
+	// lower case (enum sk_rst_reason without its prefix: no_socket,
+	// tcp_abort_on_close, ...); "" when the kernel gives none (before 6.10).
+	ResetReason string
 	// InState is the time spent in OldState; valid when InStateKnown.
 	InState      time.Duration
 	InStateKnown bool

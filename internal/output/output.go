@@ -291,13 +291,19 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	b = appendAddrPort(b, f, e.RAddr, e.Family, e.RPort)
 	b = padTo(b, start, addrColWidth+1)
 	start = len(b)
-	b = append(b, e.OldState.String()...)
+	if e.Kind == event.KindReset && e.OldState == 0 {
+		b = append(b, '-') // no socket sent it
+	} else {
+		b = append(b, e.OldState.String()...)
+	}
 	b = padTo(b, start, 13)
 	start = len(b)
 	if stuck {
 		b = append(b, "STUCK"...)
 	} else if e.Kind == event.KindRetrans {
 		b = append(b, "RETRANS"...) // OLD holds the state it was in
+	} else if e.Kind == event.KindReset {
+		b = append(b, "RESET"...) // OLD holds the state it was in
 	} else {
 		b = append(b, e.Into().String()...)
 	}
@@ -311,6 +317,14 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 		b = appendMillis(b, e.InState)
 	default:
 		b = append(b, '-')
+	}
+	// A reset names its reason under ERROR, when the kernel gives one.
+	if e.Kind == event.KindReset {
+		if e.ResetReason != "" {
+			b = padTo(b, start, 11)
+			b = append(b, e.ResetReason...)
+		}
+		return append(b, '\n')
 	}
 	// A close with an error or retransmissions, and a retransmission, say so
 	// in two more columns, ERROR ("-" for none) and RETRANS; other lines end
@@ -432,6 +446,8 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, `{"type":"close_wait_stuck","time":"`...)
 	case event.KindRetrans:
 		b = append(b, `{"type":"retransmit","time":"`...)
+	case event.KindReset:
+		b = append(b, `{"type":"reset","time":"`...)
 	default:
 		b = append(b, `{"type":"state","time":"`...)
 	}
@@ -449,6 +465,9 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 		b = append(b, e.OldState.String()...)
 		b = append(b, `","retrans":`...)
 		b = appendUint(b, uint64(e.Retrans))
+	case event.KindReset:
+		b = appendNullable(b, `,"state":`, e.OldState != 0, e.OldState.String())
+		b = appendNullable(b, `,"reason":`, e.ResetReason != "", e.ResetReason)
 	case event.KindCloseWaitStuck:
 		// How long it has sat in CLOSE_WAIT: exact, or a lower bound.
 		secs := float64(e.InState) / float64(time.Second)
@@ -619,9 +638,24 @@ func (f *Formatter) appendSocketTail(b []byte, e *event.Event) []byte {
 		f.netnsN = len(strconv.AppendUint(f.netnsText[:0], uint64(e.NetNS), 10))
 	}
 	b = append(b, f.netnsText[:f.netnsN]...)
+	if e.Sock == 0 && e.Kind == event.KindReset { // sent without a socket
+		return append(b, `,"sock":null}`+"\n"...)
+	}
 	b = append(b, `,"sock":"`...)
 	b = appendHex(b, e.Sock)
 	return append(b, "\"}\n"...)
+}
+
+// appendNullable appends key and then value as a JSON string, or null when
+// it has none.
+func appendNullable(b []byte, key string, has bool, value string) []byte {
+	b = append(b, key...)
+	if !has {
+		return append(b, "null"...)
+	}
+	b = append(b, '"')
+	b = append(b, value...)
+	return append(b, '"')
 }
 
 // appendUint appends v as strconv.AppendUint(b, v, 10) does, two digits

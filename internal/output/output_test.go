@@ -769,3 +769,52 @@ func TestRetransmit(t *testing.T) {
 		t.Errorf("%v allocations per retransmission, want 0", n)
 	}
 }
+
+func TestReset(t *testing.T) {
+	e := sample()
+	e.Kind, e.OldState, e.NewState, e.ResetReason = event.KindReset, tcpstate.Close, 0, "tcp_abort_on_close"
+	e.InState, e.InStateKnown, e.Retrans = 0, false, 0
+	line := string(AppendText(nil, e, time.UTC))
+	if want := "CLOSE        RESET        -          tcp_abort_on_close\n"; !strings.HasSuffix(line, want) {
+		t.Errorf("text %q, want it to end in %q", line, want)
+	}
+	if i := strings.Index(textHeader, "ERROR"); i >= len(line) || line[i-1] != ' ' || line[i] != 't' {
+		t.Errorf("the reason is not under ERROR in %q", line)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["type"] != "reset" || m["state"] != "CLOSE" || m["reason"] != "tcp_abort_on_close" || m["pid"] != 2329.0 ||
+		m["sock"] == nil {
+		t.Errorf("json %v", m)
+	}
+	for _, k := range []string{"old_state", "new_state", "in_state_ms", "error", "time_wait", "retrans"} {
+		if _, ok := m[k]; ok {
+			t.Errorf("json has %q: %v", k, m)
+		}
+	}
+	buf := make([]byte, 0, 512)
+	if n := testing.AllocsPerRun(100, func() {
+		buf = AppendJSON(buf[:0], e)
+		buf = AppendText(buf[:0], e, time.UTC)
+	}); n != 0 {
+		t.Errorf("%v allocations per reset, want 0", n)
+	}
+
+	// Sent for a segment no socket took, by a kernel that gives no reason.
+	e.OldState, e.ResetReason, e.Sock, e.PID = 0, "", 0, 0
+	line = string(AppendText(nil, e, time.UTC))
+	if want := "-            RESET        -\n"; !strings.HasSuffix(line, want) {
+		t.Errorf("text %q, want it to end in %q", line, want)
+	}
+	m = nil
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"state", "reason", "sock"} {
+		if v, ok := m[k]; !ok || v != nil {
+			t.Errorf("json %q = %v, want null: %v", k, v, m)
+		}
+	}
+}

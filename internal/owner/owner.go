@@ -171,7 +171,13 @@ const maxUnheld = 1 << 16
 // Enrich settles e's owner and fills the holder list and cgroup path. mono
 // is the kernel's current CLOCK_MONOTONIC time, used to date a new scan.
 func (r *Resolver) Enrich(e *event.Event, mono func() uint64) {
-	if e.Kind != event.KindState && e.Kind != event.KindDrop && e.Kind != event.KindRetrans {
+	switch e.Kind {
+	case event.KindState, event.KindDrop, event.KindRetrans:
+	case event.KindReset:
+		if e.Sock == 0 { // no socket sent it: no one to find
+			return
+		}
+	default:
 		return
 	}
 	if (!e.OwnerKnown() || e.OwnerUnverified) && !r.unheld[e.Sock] {

@@ -27,11 +27,15 @@ const (
 // Both record types keep their type field at the same offset.
 var _ = [1]struct{}{}[typeOffset-int(unsafe.Offsetof(tcptraceDrop{}.Type))]
 
+// resetReasonNone is RESET_REASON_NONE (bpf/tcptrace.h): the kernel gave
+// no reason for the reset (before 6.10).
+const resetReasonNone = 0xffffffff
+
 var errShortSample = errors.New("ring buffer sample shorter than struct event")
 
 // decode fills ev from one ring-buffer sample without allocating. wallOffset
 // converts the kernel's CLOCK_MONOTONIC timestamp to wall-clock time.
-func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event) error {
+func decode(raw []byte, wallOffset int64, reasons *kernelReasons, ev *event.Event) error {
 	if len(raw) < typeOffset+4 {
 		return fmt.Errorf("%w: %d bytes", errShortSample, len(raw))
 	}
@@ -40,6 +44,8 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 	case tcptraceRecordTypeRECORD_STATE:
 	case tcptraceRecordTypeRECORD_RETRANS:
 		kind = event.KindRetrans
+	case tcptraceRecordTypeRECORD_RESET:
+		kind = event.KindReset
 	case tcptraceRecordTypeRECORD_DROP:
 		return decodeDrop(raw, wallOffset, reasons, ev)
 	default:
@@ -69,6 +75,10 @@ func decode(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event)
 		ev.OwnerExited = flags&tcptraceEventFlagEVENT_OWNER_EXITED != 0
 		ev.OwnerUnverified = flags&tcptraceEventFlagEVENT_OWNER_UNVERIFIED != 0
 	}
+	if kind == event.KindReset {
+		// The union's other member: the reason, not a count.
+		ev.Retrans, ev.ResetReason = 0, reasons.resetName(r.Retrans)
+	}
 	if flags&tcptraceEventFlagEVENT_IN_STATE_KNOWN != 0 {
 		ev.InState = time.Duration(r.InStateNs)
 		ev.InStateKnown = true
@@ -96,7 +106,7 @@ func decodeAddrs(family uint16, saddr, daddr *[16]byte, ev *event.Event) error {
 	return nil
 }
 
-func decodeDrop(raw []byte, wallOffset int64, reasons *dropReasons, ev *event.Event) error {
+func decodeDrop(raw []byte, wallOffset int64, reasons *kernelReasons, ev *event.Event) error {
 	if len(raw) < rawDropSize {
 		return fmt.Errorf("%w: %d < %d bytes", errShortSample, len(raw), rawDropSize)
 	}

@@ -135,6 +135,32 @@ func TestDecodeRetrans(t *testing.T) {
 	}
 }
 
+func TestDecodeReset(t *testing.T) {
+	reasons := &kernelReasons{resets: map[uint32]string{1: "no_socket", 11: "tcp_abort_on_close"}}
+	for _, c := range []struct {
+		state  tcpstate.State
+		reason uint32
+		want   string
+	}{
+		{tcpstate.Close, 11, "tcp_abort_on_close"},
+		{0, 1, "no_socket"},
+		{tcpstate.Established, resetReasonNone, ""}, // a kernel that gives none
+		{tcpstate.Established, 77, "unknown"},
+	} {
+		var ev event.Event
+		r := v4Sample()
+		r.Type = tcptraceRecordTypeRECORD_RESET
+		r.Oldstate, r.Newstate, r.Retrans = uint8(c.state), 0, c.reason
+		if err := decode(rawOf(r), 0, reasons, &ev); err != nil {
+			t.Fatal(err)
+		}
+		if ev.Kind != event.KindReset || ev.OldState != c.state || ev.ResetReason != c.want || ev.Retrans != 0 ||
+			ev.LPort != r.Lport || ev.RPort != r.Rport {
+			t.Errorf("reason %d: decoded %+v, want reason %q", c.reason, ev, c.want)
+		}
+	}
+}
+
 func TestDecodeRejectsShortAndUnknown(t *testing.T) {
 	var ev event.Event
 	if err := decode(rawOf(v4Sample())[:rawEventSize-1], 0, testReasons, &ev); !errors.Is(err, errShortSample) {
@@ -163,7 +189,7 @@ func BenchmarkDecode(b *testing.B) {
 	}
 }
 
-var testReasons = &dropReasons{names: map[uint32]string{2: "not_specified", 40: "tcp_listen_overflow"}, listenOverflow: 40}
+var testReasons = &kernelReasons{names: map[uint32]string{2: "not_specified", 40: "tcp_listen_overflow"}, listenOverflow: 40}
 
 func dropRaw(r *tcptraceDrop) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(r)), rawDropSize)

@@ -161,6 +161,7 @@ const (
 	tcptraceRecordTypeRECORD_STATE   tcptraceRecordType = 1
 	tcptraceRecordTypeRECORD_DROP    tcptraceRecordType = 2
 	tcptraceRecordTypeRECORD_RETRANS tcptraceRecordType = 3
+	tcptraceRecordTypeRECORD_RESET   tcptraceRecordType = 4
 )
 
 type tcptraceSockFd struct {
@@ -238,6 +239,10 @@ const (
 	tcptraceProgPollListeners  = "poll_listeners"
 	tcptraceProgRenameBtf      = "rename_btf"
 	tcptraceProgRenameRaw      = "rename_raw"
+	tcptraceProgResetBtf       = "reset_btf"
+	tcptraceProgResetBtfReason = "reset_btf_reason"
+	tcptraceProgResetRaw       = "reset_raw"
+	tcptraceProgResetRawReason = "reset_raw_reason"
 	tcptraceProgRetransBtf     = "retrans_btf"
 	tcptraceProgRetransBtfErr  = "retrans_btf_err"
 	tcptraceProgRetransRaw     = "retrans_raw"
@@ -314,47 +319,51 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	AcceptExitTp  *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
-	AckFentry     *ebpf.ProgramSpec `ebpf:"ack_fentry"`
-	AckFexit      *ebpf.ProgramSpec `ebpf:"ack_fexit"`
-	AckKprobe     *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
-	AckKretprobe  *ebpf.ProgramSpec `ebpf:"ack_kretprobe"`
-	ConnectExitTp *ebpf.ProgramSpec `ebpf:"connect_exit_tp"`
-	ExecBtf       *ebpf.ProgramSpec `ebpf:"exec_btf"`
-	ExecRaw       *ebpf.ProgramSpec `ebpf:"exec_raw"`
-	ExitBtf       *ebpf.ProgramSpec `ebpf:"exit_btf"`
-	ExitRaw       *ebpf.ProgramSpec `ebpf:"exit_raw"`
-	ForkBtf       *ebpf.ProgramSpec `ebpf:"fork_btf"`
-	ForkRaw       *ebpf.ProgramSpec `ebpf:"fork_raw"`
-	KfreeRxSk     *ebpf.ProgramSpec `ebpf:"kfree_rx_sk"`
-	OtherReason   *ebpf.ProgramSpec `ebpf:"other_reason"`
-	OtherRxSk     *ebpf.ProgramSpec `ebpf:"other_rx_sk"`
-	PollListeners *ebpf.ProgramSpec `ebpf:"poll_listeners"`
-	RenameBtf     *ebpf.ProgramSpec `ebpf:"rename_btf"`
-	RenameRaw     *ebpf.ProgramSpec `ebpf:"rename_raw"`
-	RetransBtf    *ebpf.ProgramSpec `ebpf:"retrans_btf"`
-	RetransBtfErr *ebpf.ProgramSpec `ebpf:"retrans_btf_err"`
-	RetransRaw    *ebpf.ProgramSpec `ebpf:"retrans_raw"`
-	RetransRawErr *ebpf.ProgramSpec `ebpf:"retrans_raw_err"`
-	ScanSocks     *ebpf.ProgramSpec `ebpf:"scan_socks"`
-	StateBtf      *ebpf.ProgramSpec `ebpf:"state_btf"`
-	StateBtfCatch *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
-	StateBtfPush  *ebpf.ProgramSpec `ebpf:"state_btf_push"`
-	StateRaw      *ebpf.ProgramSpec `ebpf:"state_raw"`
-	StateRawCatch *ebpf.ProgramSpec `ebpf:"state_raw_catch"`
-	StateRawPush  *ebpf.ProgramSpec `ebpf:"state_raw_push"`
-	StateTp       *ebpf.ProgramSpec `ebpf:"state_tp"`
-	SweepSocks    *ebpf.ProgramSpec `ebpf:"sweep_socks"`
-	SynFentry     *ebpf.ProgramSpec `ebpf:"syn_fentry"`
-	SynFexit      *ebpf.ProgramSpec `ebpf:"syn_fexit"`
-	SynKprobe     *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
-	SynKretprobe  *ebpf.ProgramSpec `ebpf:"syn_kretprobe"`
-	SynackBtf     *ebpf.ProgramSpec `ebpf:"synack_btf"`
-	SynackRaw     *ebpf.ProgramSpec `ebpf:"synack_raw"`
-	SysExitBtf    *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
-	SysExitRaw    *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
-	TcpDropFentry *ebpf.ProgramSpec `ebpf:"tcp_drop_fentry"`
-	TcpDropKprobe *ebpf.ProgramSpec `ebpf:"tcp_drop_kprobe"`
+	AcceptExitTp   *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
+	AckFentry      *ebpf.ProgramSpec `ebpf:"ack_fentry"`
+	AckFexit       *ebpf.ProgramSpec `ebpf:"ack_fexit"`
+	AckKprobe      *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
+	AckKretprobe   *ebpf.ProgramSpec `ebpf:"ack_kretprobe"`
+	ConnectExitTp  *ebpf.ProgramSpec `ebpf:"connect_exit_tp"`
+	ExecBtf        *ebpf.ProgramSpec `ebpf:"exec_btf"`
+	ExecRaw        *ebpf.ProgramSpec `ebpf:"exec_raw"`
+	ExitBtf        *ebpf.ProgramSpec `ebpf:"exit_btf"`
+	ExitRaw        *ebpf.ProgramSpec `ebpf:"exit_raw"`
+	ForkBtf        *ebpf.ProgramSpec `ebpf:"fork_btf"`
+	ForkRaw        *ebpf.ProgramSpec `ebpf:"fork_raw"`
+	KfreeRxSk      *ebpf.ProgramSpec `ebpf:"kfree_rx_sk"`
+	OtherReason    *ebpf.ProgramSpec `ebpf:"other_reason"`
+	OtherRxSk      *ebpf.ProgramSpec `ebpf:"other_rx_sk"`
+	PollListeners  *ebpf.ProgramSpec `ebpf:"poll_listeners"`
+	RenameBtf      *ebpf.ProgramSpec `ebpf:"rename_btf"`
+	RenameRaw      *ebpf.ProgramSpec `ebpf:"rename_raw"`
+	ResetBtf       *ebpf.ProgramSpec `ebpf:"reset_btf"`
+	ResetBtfReason *ebpf.ProgramSpec `ebpf:"reset_btf_reason"`
+	ResetRaw       *ebpf.ProgramSpec `ebpf:"reset_raw"`
+	ResetRawReason *ebpf.ProgramSpec `ebpf:"reset_raw_reason"`
+	RetransBtf     *ebpf.ProgramSpec `ebpf:"retrans_btf"`
+	RetransBtfErr  *ebpf.ProgramSpec `ebpf:"retrans_btf_err"`
+	RetransRaw     *ebpf.ProgramSpec `ebpf:"retrans_raw"`
+	RetransRawErr  *ebpf.ProgramSpec `ebpf:"retrans_raw_err"`
+	ScanSocks      *ebpf.ProgramSpec `ebpf:"scan_socks"`
+	StateBtf       *ebpf.ProgramSpec `ebpf:"state_btf"`
+	StateBtfCatch  *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
+	StateBtfPush   *ebpf.ProgramSpec `ebpf:"state_btf_push"`
+	StateRaw       *ebpf.ProgramSpec `ebpf:"state_raw"`
+	StateRawCatch  *ebpf.ProgramSpec `ebpf:"state_raw_catch"`
+	StateRawPush   *ebpf.ProgramSpec `ebpf:"state_raw_push"`
+	StateTp        *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SweepSocks     *ebpf.ProgramSpec `ebpf:"sweep_socks"`
+	SynFentry      *ebpf.ProgramSpec `ebpf:"syn_fentry"`
+	SynFexit       *ebpf.ProgramSpec `ebpf:"syn_fexit"`
+	SynKprobe      *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
+	SynKretprobe   *ebpf.ProgramSpec `ebpf:"syn_kretprobe"`
+	SynackBtf      *ebpf.ProgramSpec `ebpf:"synack_btf"`
+	SynackRaw      *ebpf.ProgramSpec `ebpf:"synack_raw"`
+	SysExitBtf     *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
+	SysExitRaw     *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
+	TcpDropFentry  *ebpf.ProgramSpec `ebpf:"tcp_drop_fentry"`
+	TcpDropKprobe  *ebpf.ProgramSpec `ebpf:"tcp_drop_kprobe"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -463,47 +472,51 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	AcceptExitTp  *ebpf.Program `ebpf:"accept_exit_tp"`
-	AckFentry     *ebpf.Program `ebpf:"ack_fentry"`
-	AckFexit      *ebpf.Program `ebpf:"ack_fexit"`
-	AckKprobe     *ebpf.Program `ebpf:"ack_kprobe"`
-	AckKretprobe  *ebpf.Program `ebpf:"ack_kretprobe"`
-	ConnectExitTp *ebpf.Program `ebpf:"connect_exit_tp"`
-	ExecBtf       *ebpf.Program `ebpf:"exec_btf"`
-	ExecRaw       *ebpf.Program `ebpf:"exec_raw"`
-	ExitBtf       *ebpf.Program `ebpf:"exit_btf"`
-	ExitRaw       *ebpf.Program `ebpf:"exit_raw"`
-	ForkBtf       *ebpf.Program `ebpf:"fork_btf"`
-	ForkRaw       *ebpf.Program `ebpf:"fork_raw"`
-	KfreeRxSk     *ebpf.Program `ebpf:"kfree_rx_sk"`
-	OtherReason   *ebpf.Program `ebpf:"other_reason"`
-	OtherRxSk     *ebpf.Program `ebpf:"other_rx_sk"`
-	PollListeners *ebpf.Program `ebpf:"poll_listeners"`
-	RenameBtf     *ebpf.Program `ebpf:"rename_btf"`
-	RenameRaw     *ebpf.Program `ebpf:"rename_raw"`
-	RetransBtf    *ebpf.Program `ebpf:"retrans_btf"`
-	RetransBtfErr *ebpf.Program `ebpf:"retrans_btf_err"`
-	RetransRaw    *ebpf.Program `ebpf:"retrans_raw"`
-	RetransRawErr *ebpf.Program `ebpf:"retrans_raw_err"`
-	ScanSocks     *ebpf.Program `ebpf:"scan_socks"`
-	StateBtf      *ebpf.Program `ebpf:"state_btf"`
-	StateBtfCatch *ebpf.Program `ebpf:"state_btf_catch"`
-	StateBtfPush  *ebpf.Program `ebpf:"state_btf_push"`
-	StateRaw      *ebpf.Program `ebpf:"state_raw"`
-	StateRawCatch *ebpf.Program `ebpf:"state_raw_catch"`
-	StateRawPush  *ebpf.Program `ebpf:"state_raw_push"`
-	StateTp       *ebpf.Program `ebpf:"state_tp"`
-	SweepSocks    *ebpf.Program `ebpf:"sweep_socks"`
-	SynFentry     *ebpf.Program `ebpf:"syn_fentry"`
-	SynFexit      *ebpf.Program `ebpf:"syn_fexit"`
-	SynKprobe     *ebpf.Program `ebpf:"syn_kprobe"`
-	SynKretprobe  *ebpf.Program `ebpf:"syn_kretprobe"`
-	SynackBtf     *ebpf.Program `ebpf:"synack_btf"`
-	SynackRaw     *ebpf.Program `ebpf:"synack_raw"`
-	SysExitBtf    *ebpf.Program `ebpf:"sys_exit_btf"`
-	SysExitRaw    *ebpf.Program `ebpf:"sys_exit_raw"`
-	TcpDropFentry *ebpf.Program `ebpf:"tcp_drop_fentry"`
-	TcpDropKprobe *ebpf.Program `ebpf:"tcp_drop_kprobe"`
+	AcceptExitTp   *ebpf.Program `ebpf:"accept_exit_tp"`
+	AckFentry      *ebpf.Program `ebpf:"ack_fentry"`
+	AckFexit       *ebpf.Program `ebpf:"ack_fexit"`
+	AckKprobe      *ebpf.Program `ebpf:"ack_kprobe"`
+	AckKretprobe   *ebpf.Program `ebpf:"ack_kretprobe"`
+	ConnectExitTp  *ebpf.Program `ebpf:"connect_exit_tp"`
+	ExecBtf        *ebpf.Program `ebpf:"exec_btf"`
+	ExecRaw        *ebpf.Program `ebpf:"exec_raw"`
+	ExitBtf        *ebpf.Program `ebpf:"exit_btf"`
+	ExitRaw        *ebpf.Program `ebpf:"exit_raw"`
+	ForkBtf        *ebpf.Program `ebpf:"fork_btf"`
+	ForkRaw        *ebpf.Program `ebpf:"fork_raw"`
+	KfreeRxSk      *ebpf.Program `ebpf:"kfree_rx_sk"`
+	OtherReason    *ebpf.Program `ebpf:"other_reason"`
+	OtherRxSk      *ebpf.Program `ebpf:"other_rx_sk"`
+	PollListeners  *ebpf.Program `ebpf:"poll_listeners"`
+	RenameBtf      *ebpf.Program `ebpf:"rename_btf"`
+	RenameRaw      *ebpf.Program `ebpf:"rename_raw"`
+	ResetBtf       *ebpf.Program `ebpf:"reset_btf"`
+	ResetBtfReason *ebpf.Program `ebpf:"reset_btf_reason"`
+	ResetRaw       *ebpf.Program `ebpf:"reset_raw"`
+	ResetRawReason *ebpf.Program `ebpf:"reset_raw_reason"`
+	RetransBtf     *ebpf.Program `ebpf:"retrans_btf"`
+	RetransBtfErr  *ebpf.Program `ebpf:"retrans_btf_err"`
+	RetransRaw     *ebpf.Program `ebpf:"retrans_raw"`
+	RetransRawErr  *ebpf.Program `ebpf:"retrans_raw_err"`
+	ScanSocks      *ebpf.Program `ebpf:"scan_socks"`
+	StateBtf       *ebpf.Program `ebpf:"state_btf"`
+	StateBtfCatch  *ebpf.Program `ebpf:"state_btf_catch"`
+	StateBtfPush   *ebpf.Program `ebpf:"state_btf_push"`
+	StateRaw       *ebpf.Program `ebpf:"state_raw"`
+	StateRawCatch  *ebpf.Program `ebpf:"state_raw_catch"`
+	StateRawPush   *ebpf.Program `ebpf:"state_raw_push"`
+	StateTp        *ebpf.Program `ebpf:"state_tp"`
+	SweepSocks     *ebpf.Program `ebpf:"sweep_socks"`
+	SynFentry      *ebpf.Program `ebpf:"syn_fentry"`
+	SynFexit       *ebpf.Program `ebpf:"syn_fexit"`
+	SynKprobe      *ebpf.Program `ebpf:"syn_kprobe"`
+	SynKretprobe   *ebpf.Program `ebpf:"syn_kretprobe"`
+	SynackBtf      *ebpf.Program `ebpf:"synack_btf"`
+	SynackRaw      *ebpf.Program `ebpf:"synack_raw"`
+	SysExitBtf     *ebpf.Program `ebpf:"sys_exit_btf"`
+	SysExitRaw     *ebpf.Program `ebpf:"sys_exit_raw"`
+	TcpDropFentry  *ebpf.Program `ebpf:"tcp_drop_fentry"`
+	TcpDropKprobe  *ebpf.Program `ebpf:"tcp_drop_kprobe"`
 }
 
 func (p *tcptracePrograms) Close() error {
@@ -526,6 +539,10 @@ func (p *tcptracePrograms) Close() error {
 		p.PollListeners,
 		p.RenameBtf,
 		p.RenameRaw,
+		p.ResetBtf,
+		p.ResetBtfReason,
+		p.ResetRaw,
+		p.ResetRawReason,
 		p.RetransBtf,
 		p.RetransBtfErr,
 		p.RetransRaw,

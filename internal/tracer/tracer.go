@@ -39,9 +39,10 @@ type Options struct {
 	// the reader drains on its timer, so busy paths pay no wake-up per event.
 	WakeupBytes uint32
 
-	// EmitStates, EmitDrops and EmitRetrans select the record kinds
-	// (--events); retransmissions are hooked only when asked for.
-	EmitStates, EmitDrops, EmitRetrans bool
+	// EmitStates, EmitDrops, EmitRetrans and EmitResets select the record
+	// kinds (--events); retransmissions and resets are hooked only when
+	// asked for.
+	EmitStates, EmitDrops, EmitRetrans, EmitResets bool
 
 	// HookKind forces one kind of hook (one of HookKinds) for every feature
 	// that has one, which then fails rather than fall back; empty picks the
@@ -192,6 +193,19 @@ func (t *Tracer) tracepointArgs(name string) int {
 		return -1
 	}
 	return len(proto.Params) - 1 // the first is the tracepoint's data pointer
+}
+
+// argVariant names the program for tracepoint tp whose arguments match the
+// kernel's, as its BTF says: base for two, base+suffix for three (a newer
+// kernel's added argument); with an error when it says neither.
+func (t *Tracer) argVariant(tp, base, suffix string) (string, error) {
+	switch t.tracepointArgs(tp) {
+	case 2:
+		return base, nil
+	case 3:
+		return base + suffix, nil
+	}
+	return base, fmt.Errorf("the kernel's BTF has no tcp:%s tracepoint with 2 or 3 arguments", tp)
 }
 
 // kprobePMU is where a kernel with kprobes offers them to perf_event_open
@@ -389,14 +403,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	}
 	// Retransmissions: the variant whose arguments match the kernel's
 	// tracepoint (newer kernels add the attempt's error as a third).
-	retransProg, noRetrans := "retrans_btf", error(nil)
-	switch t.tracepointArgs("tcp_retransmit_skb") {
-	case 2:
-	case 3:
-		retransProg += "_err"
-	default:
-		noRetrans = errors.New("the kernel's BTF has no tcp:tcp_retransmit_skb tracepoint with 2 or 3 arguments")
-	}
+	retransProg, noRetrans := t.argVariant("tcp_retransmit_skb", "retrans_btf", "_err")
 	retrans := feature{
 		name:     "retransmits",
 		degraded: "retransmissions are not reported (a close still says how many the connection made)",
@@ -407,6 +414,25 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			{name: "raw_tp/tcp_retransmit_skb,tcp_retransmit_synack", kind: "raw_tp", unusable: noRetrans, parts: []part{
 				{prog: strings.Replace(retransProg, "_btf", "_raw", 1), attach: rawTracepoint("tcp_retransmit_skb"), lossy: true},
 				{prog: "synack_raw", attach: rawTracepoint("tcp_retransmit_synack"), lossy: true}}},
+		},
+	}
+	// Resets sent: kernels whose tracepoint passes a reason (the third
+	// argument) fire it for every reset; earlier ones only for resets a
+	// full socket sent, not for a segment to a closed port or a timewait
+	// socket, and the hook's name says so.
+	resetProg, noResets := t.argVariant("tcp_send_reset", "reset_btf", "_reason")
+	resetScope := " (full sockets only)"
+	if strings.HasSuffix(resetProg, "_reason") {
+		resetScope = ""
+	}
+	resets := feature{
+		name:     "resets",
+		degraded: "resets sent are not reported (a reset received still shows as a close with ECONNRESET)",
+		candidates: []candidate{
+			{name: "tp_btf/tcp_send_reset" + resetScope, kind: "tp_btf", unusable: noResets, parts: []part{
+				{prog: resetProg, attach: tpBTF, lossy: true}}},
+			{name: "raw_tp/tcp_send_reset" + resetScope, kind: "raw_tp", unusable: noResets, parts: []part{
+				{prog: strings.Replace(resetProg, "_btf", "_raw", 1), attach: rawTracepoint("tcp_send_reset"), lossy: true}}},
 		},
 	}
 	// The scan comes first: owners of existing sockets are recorded before
@@ -420,6 +446,9 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	}
 	if opts.EmitRetrans {
 		fs = append(fs, retrans)
+	}
+	if opts.EmitResets {
+		fs = append(fs, resets)
 	}
 	fs = append(fs, states)
 	if opts.HookKind != "" {
@@ -464,7 +493,7 @@ type Tracer struct {
 	hooks   []Hook
 	iter    *link.Iter // the socket scan, when the kernel has task_file iterators
 	mounted string     // tracefs mount point we created, unmounted on Close
-	reasons *dropReasons
+	reasons *kernelReasons
 	kernel  *btf.Spec // the running kernel's BTF
 
 	pollIter  *link.Iter  // the listener walk (iter/bpf_map_elem)
@@ -513,7 +542,7 @@ func New(opts Options) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
-	reasons := loadDropReasons(kernel)
+	reasons := loadKernelReasons(kernel)
 	if err := configure(spec, &opts, reasons); err != nil {
 		return nil, err
 	}
@@ -556,7 +585,7 @@ func New(opts Options) (_ *Tracer, err error) {
 // reported by its exit. Far longer than the call takes, even under emulation.
 const watchBusy = 10 * time.Millisecond
 
-func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *dropReasons) error {
+func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *kernelReasons) error {
 	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes,
 		ReasonListenOverflow: reasons.listenOverflow, ReasonNotSpecified: reasons.notSpecified,
 		ReasonQueuePurge: reasons.queuePurge,

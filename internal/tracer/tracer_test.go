@@ -8,8 +8,8 @@ import (
 // The state hooks attach last: from then on records pile up in the ring until
 // the reader starts, so no other program's load may come between.
 func TestStateChangesAttachLast(t *testing.T) {
-	for _, opts := range []Options{{}, {EmitDrops: true}, {EmitDrops: true, EmitRetrans: true}} {
-		tr := &Tracer{reasons: &dropReasons{names: map[uint32]string{}}}
+	for _, opts := range []Options{{}, {EmitDrops: true}, {EmitDrops: true, EmitRetrans: true, EmitResets: true}} {
+		tr := &Tracer{reasons: &kernelReasons{names: map[uint32]string{}}}
 		fs, err := tr.features(&opts)
 		if err != nil {
 			t.Fatal(err)
