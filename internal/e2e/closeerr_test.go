@@ -35,25 +35,8 @@ func runCloseErrors(in *bufio.Reader, addr string) error {
 		return err
 	}
 	defer ln.Close()
-	pair := func() (c, s *net.TCPConn, err error) {
-		cc, err := net.Dial("tcp4", addr)
-		if err != nil {
-			return nil, nil, err
-		}
-		sc, err := ln.Accept()
-		if err != nil {
-			return nil, nil, err
-		}
-		return cc.(*net.TCPConn), sc.(*net.TCPConn), nil
-	}
-	say := func(kind string, port int, err error) {
-		name := "-"
-		var errno syscall.Errno
-		if errors.As(err, &errno) {
-			name = unix.ErrnoName(errno)
-		}
-		fmt.Printf("%s %d %s\n", kind, port, name)
-	}
+	pair := func() (c, s *net.TCPConn, err error) { return dialAccept(ln) }
+	say := func(kind string, port int, err error) { fmt.Printf("%s %d %s\n", kind, port, errnoName(err)) }
 	port := func(c net.Conn) int { return c.LocalAddr().(*net.TCPAddr).Port }
 
 	c, s, err := pair()
@@ -128,6 +111,29 @@ func runCloseErrors(in *bufio.Reader, addr string) error {
 	fmt.Println("done")
 	waitLine(in, "exit")
 	return nil
+}
+
+// dialAccept makes one loopback connection to ln: its client and server ends.
+func dialAccept(ln net.Listener) (c, s *net.TCPConn, err error) {
+	cc, err := net.Dial("tcp4", ln.Addr().String())
+	if err != nil {
+		return nil, nil, err
+	}
+	sc, err := ln.Accept()
+	if err != nil {
+		cc.Close()
+		return nil, nil, err
+	}
+	return cc.(*net.TCPConn), sc.(*net.TCPConn), nil
+}
+
+// errnoName names the errno in err as the C library does, "-" for none.
+func errnoName(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return unix.ErrnoName(errno)
+	}
+	return "-"
 }
 
 // connectOnce connects a new socket bound to addr:0 to addr:port with one

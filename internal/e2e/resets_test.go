@@ -31,27 +31,9 @@ func runResets(in *bufio.Reader, addr string) error {
 		return err
 	}
 	defer ln.Close()
-	pair := func() (c, s *net.TCPConn, err error) {
-		cc, err := net.Dial("tcp4", addr)
-		if err != nil {
-			return nil, nil, err
-		}
-		sc, err := ln.Accept()
-		if err != nil {
-			return nil, nil, err
-		}
-		return cc.(*net.TCPConn), sc.(*net.TCPConn), nil
-	}
-	errno := func(err error) string {
-		var e syscall.Errno
-		if errors.As(err, &e) {
-			return unix.ErrnoName(e)
-		}
-		return "-"
-	}
 	port := func(c net.Conn) int { return c.LocalAddr().(*net.TCPAddr).Port }
 
-	c, s, err := pair()
+	c, s, err := dialAccept(ln)
 	if err != nil {
 		return err
 	}
@@ -63,21 +45,21 @@ func runResets(in *bufio.Reader, addr string) error {
 	}
 	s.Close()
 	_, err = c.Read(make([]byte, 1))
-	fmt.Printf("unread %d %d %s\n", ap.Port(), port(c), errno(err))
+	fmt.Printf("unread %d %d %s\n", ap.Port(), port(c), errnoName(err))
 	c.Close()
 
-	if c, s, err = pair(); err != nil {
+	if c, s, err = dialAccept(ln); err != nil {
 		return err
 	}
 	c.SetLinger(0)
 	c.Close()
 	_, err = s.Read(make([]byte, 1))
-	fmt.Printf("linger %d %d %s\n", port(c), ap.Port(), errno(err))
+	fmt.Printf("linger %d %d %s\n", port(c), ap.Port(), errnoName(err))
 	s.Close()
 
 	p, fd, err := connectOnce(ap.Addr(), ap.Port()+1)
 	syscall.Close(fd)
-	fmt.Printf("closed %d %d %s\n", ap.Port()+1, p, errno(err))
+	fmt.Printf("closed %d %d %s\n", ap.Port()+1, p, errnoName(err))
 
 	fmt.Println("done")
 	waitLine(in, "exit")
