@@ -149,7 +149,10 @@ func TestNoChangeMissed(t *testing.T) {
 // all three are attached: once the churn stops, every CPU's stack is empty,
 // and the catch program recorded no more than the kernel skipped. (Armed from
 // the start, this test failed on the second check: the churn's reused
-// addresses took the stale tokens off, each a change sent twice.)
+// addresses took the stale tokens off, each a change sent twice. And with
+// the skips counted from a reading taken once all three were attached, it
+// failed now and then on the last check: a change skipped in between was
+// caught but not counted as skipped.)
 func TestStartDuringChurn(t *testing.T) {
 	needRoot(t)
 	for _, kind := range []string{"tp_btf", "raw_tp"} {
@@ -187,7 +190,7 @@ func TestStartDuringChurn(t *testing.T) {
 			// The catch program records only what the state program skipped.
 			skipped, _ := strconv.Atoi(m[1]) // digits: the pattern matched
 			if caught, _ := strconv.Atoi(m[2]); caught > skipped {
-				t.Errorf("%s: some changes went out twice", m[0])
+				t.Errorf("%s: more recorded than skipped (a change sent twice, or a skip not counted)", m[0])
 			}
 		})
 	}

@@ -75,7 +75,7 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 		rec    ringbuf.Record
 		ev     event.Event
 		offset = WallOffset()
-		lost   = lostCounter{t: t, misses: t.stateMisses}
+		lost   = lostCounter{t: t}
 		polls  = walker{last: time.Now()}
 		sweeps = walker{last: time.Now()}
 	)
@@ -266,9 +266,9 @@ func (l *lostCounter) report(sink Sink, st *Stats, final bool) error {
 		skipped = misses
 	}
 	l.misses = misses
-	st.Nested, st.Caught = misses-l.t.stateMisses, caught
-	if skipped >= l.t.stateMisses+caught {
-		total += skipped - l.t.stateMisses - caught
+	st.Nested, st.Caught = misses, caught
+	if skipped >= caught {
+		total += skipped - caught
 	}
 	total += l.t.lossySkips()
 	if total <= l.seen {

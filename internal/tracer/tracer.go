@@ -501,15 +501,16 @@ type Tracer struct {
 	dropWatch []link.Link // the per-packet drop hooks, closed before the last walk
 	// stateProg is the active state-change program: the runs the kernel
 	// skipped (recursion) are lost events too, but for those the catch
-	// program recorded (the nesting map's caught count).
-	stateProg   *ebpf.Program
-	stateMisses uint64 // its recursion misses when it was attached
+	// program recorded (the nesting map's caught count). Its counts start
+	// at zero: each candidate's programs are loaded afresh. (A reading taken
+	// once all three programs were attached missed the skips in between,
+	// which the catch program recorded: more caught than skipped.)
+	stateProg *ebpf.Program
 	// finalMisses is its count once Detach stopped it (guarded by iterMu).
 	finalMisses uint64
-	// lossy are the active lossy parts (see part.lossy), with their
-	// recursion misses when attached; lossyFinal is their misses since then
-	// once Detach stopped them (guarded by iterMu).
-	lossy      []lossyProg
+	// lossy are the active lossy parts (see part.lossy); lossyFinal is
+	// their recursion misses once Detach stopped them (guarded by iterMu).
+	lossy      []*ebpf.Program
 	lossyFinal uint64
 	// iterMu guards the iterators: one walk at a time (each advances the
 	// drop counters), and none while Detach closes them.
@@ -661,11 +662,9 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 			for _, p := range c.parts {
 				if p.counted {
 					t.stateProg = coll.Programs[p.name()]
-					t.stateMisses = recursionMisses(t.stateProg, 0)
 				}
 				if p.lossy {
-					prog := coll.Programs[p.name()]
-					t.lossy = append(t.lossy, lossyProg{prog, recursionMisses(prog, 0)})
+					t.lossy = append(t.lossy, coll.Programs[p.name()])
 				}
 			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
@@ -737,14 +736,7 @@ func (t *Tracer) stateSkips() uint64 {
 	if t.stateProg == nil {
 		return t.finalMisses
 	}
-	return recursionMisses(t.stateProg, t.stateMisses)
-}
-
-// lossyProg is a program whose skipped runs are lost records, and its
-// recursion misses when it was attached.
-type lossyProg struct {
-	prog *ebpf.Program
-	base uint64
+	return recursionMisses(t.stateProg, 0)
 }
 
 // lossySkips is how often the kernel skipped the lossy programs since they
@@ -760,8 +752,8 @@ func (t *Tracer) lossySkips() uint64 {
 
 func (t *Tracer) lossyMisses() uint64 {
 	var n uint64
-	for _, l := range t.lossy {
-		n += recursionMisses(l.prog, l.base) - l.base
+	for _, p := range t.lossy {
+		n += recursionMisses(p, 0)
 	}
 	return n
 }
@@ -828,7 +820,7 @@ func (t *Tracer) Detach() error {
 	// No program runs now: the state program's count is final.
 	t.iterMu.Lock()
 	if t.stateProg != nil {
-		t.finalMisses = recursionMisses(t.stateProg, t.stateMisses)
+		t.finalMisses = recursionMisses(t.stateProg, 0)
 		t.stateProg = nil
 	}
 	if t.lossy != nil {
