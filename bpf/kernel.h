@@ -136,6 +136,16 @@ struct sk_buff {
 	__u16 transport_header;
 	__u16 network_header;
 	__be16 protocol;
+	unsigned long _skb_refdst; /* the route it took in, its low bit a flag */
+} __attribute__((preserve_access_index));
+
+/* An incoming segment's route: whether it was addressed to this host. */
+struct rtable {
+	__u16 rt_type;
+} __attribute__((preserve_access_index));
+
+struct rt6_info {
+	__u32 rt6i_flags;
 } __attribute__((preserve_access_index));
 
 struct bpf_iter__bpf_map_elem {

@@ -132,6 +132,8 @@ volatile __u64 last_fate_ns;
  * counted from sk_drops (what tcp_listendrop() bumps beside ListenDrops), so
  * the stream adds up exactly; a drop reported per packet advances it first.
  */
+#define LISTENERS_MAX 16384
+
 struct listen_count {
 	__u32 seen;    /* sk_drops reported so far */
 	__u32 pad;
@@ -143,7 +145,7 @@ struct listen_count {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, LISTENERS_MAX);
 	__type(key, __u64);
 	__type(value, struct listen_count);
 } listen_drops SEC(".maps");
@@ -1167,17 +1169,40 @@ int BPF_PROG(exit_raw, struct task_struct *p)
  * over between the check and the delete loses it: its owner is then found by
  * a scan.)
  */
+static __always_inline void sweep_one(const __u64 *key, const struct sock_info *si)
+{
+	if (si->state == TCP_CLOSE && bpf_ktime_get_ns() - si->state_ts >= CLOSED_KEEP_NS) {
+		__u64 k = *key;
+		bpf_map_delete_elem(&socks, &k);
+	}
+}
+
 SEC("iter/bpf_map_elem")
 int sweep_socks(struct bpf_iter__bpf_map_elem *ctx)
 {
 	__u64 *key = ctx->key;
 	struct sock_info *si = ctx->value;
-	if (!key || !si)
-		return 0;
-	if (si->state == TCP_CLOSE && bpf_ktime_get_ns() - si->state_ts >= CLOSED_KEEP_NS) {
-		__u64 k = *key;
-		bpf_map_delete_elem(&socks, &k);
-	}
+	if (key && si)
+		sweep_one(key, si);
+	return 0;
+}
+
+static long sweep_socks_cb(void *map, const __u64 *key, struct sock_info *si, void *unused)
+{
+	sweep_one(key, si);
+	return 0;
+}
+
+/*
+ * Where the kernel refuses map iterators (a BPF LSM's policy can), the tracer
+ * runs programs like this one instead, on demand (BPF_PROG_TEST_RUN): each
+ * walks the same map with bpf_for_each_map_elem (5.13+). Not preemptible
+ * while it walks, unlike an iterator: the iterators come first.
+ */
+SEC("raw_tp")
+int sweep_socks_run(void *ctx)
+{
+	bpf_for_each_map_elem(&socks, sweep_socks_cb, NULL, 0);
 	return 0;
 }
 
@@ -1490,6 +1515,55 @@ int BPF_PROG(reset_raw_reason, const struct sock *sk, const struct sk_buff *skb,
 }
 
 /*
+ * Kernels whose tcp_send_reset has no reason fire it from tcp_v4/v6_send_reset
+ * only for a full socket. The other resets those functions send (for a
+ * segment no socket took, as to a closed port, or one a timewait or request
+ * socket answers) are watched at the functions themselves where the kernel
+ * can hook them: fentry, else kprobe. They return sending nothing in reply to
+ * a reset, and, with no socket, for a segment not addressed to this host
+ * (nor when a TCP-MD5 signature fails to match: not told apart here).
+ */
+#define RTN_LOCAL 2
+#define RTF_LOCAL 0x80000000
+
+static __always_inline bool for_this_host(const struct sk_buff *skb)
+{
+	unsigned long dst = BPF_CORE_READ(skb, _skb_refdst) & ~1UL;
+	if (BPF_CORE_READ(skb, protocol) == bpf_htons(ETH_P_IP))
+		return BPF_CORE_READ((struct rtable *)dst, rt_type) == RTN_LOCAL;
+	return BPF_CORE_READ((struct rt6_info *)dst, rt6i_flags) & RTF_LOCAL;
+}
+
+static __always_inline int handle_reset_call(const struct sock *sk, const struct sk_buff *skb)
+{
+	if (sk) {
+		__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		if (state != TCP_TIME_WAIT && state != TCP_NEW_SYN_RECV)
+			return 0; /* a full socket's: the tracepoint has it */
+	}
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 th = BPF_CORE_READ(skb, transport_header);
+	__u8 flags = 0;
+	bpf_probe_read_kernel(&flags, 1, head + th + 13);
+	if (flags & 0x04 /* RST */ || (!sk && !for_this_host(skb)))
+		return 0;
+	return handle_reset(sk, skb, RESET_REASON_NONE);
+}
+
+/* Attached to tcp_v4_send_reset, and a copy to tcp_v6_send_reset. */
+SEC("fentry/tcp_v4_send_reset")
+int BPF_PROG(reset_call_fentry, const struct sock *sk, const struct sk_buff *skb)
+{
+	return handle_reset_call(sk, skb);
+}
+
+SEC("kprobe/tcp_v4_send_reset")
+int BPF_KPROBE(reset_call_kprobe, const struct sock *sk, const struct sk_buff *skb)
+{
+	return handle_reset_call(sk, skb);
+}
+
+/*
  * Where kprobes or fentry exist, the listen-queue checks themselves are
  * watched: tcp_conn_request() for a SYN, tcp_v4/v6_syn_recv_sock() for the
  * final ACK. Entry notes the listener's sk_drops; if the call bumped it (the
@@ -1623,37 +1697,66 @@ int BPF_KRETPROBE(ack_kretprobe, struct sock *ret)
  * the drops sk_drops counted since the last walk (SYNs dropped for a full
  * queue fire no tracepoint) and, for `tcptrace listeners`, writes one row.
  */
-SEC("iter/bpf_map_elem")
-int poll_listeners(struct bpf_iter__bpf_map_elem *ctx)
+static __always_inline bool poll_one(__u64 skaddr, struct listen_count *lc, struct listener *l)
 {
-	__u64 *key = ctx->key;
-	struct listen_count *lc = ctx->value;
-	if (!key || !lc)
-		return 0;
-	__u64 skaddr = *key;
 	const struct sock *sk = (const struct sock *)skaddr;
 	if (BPF_CORE_READ(sk, __sk_common.skc_state) != TCP_LISTEN)
-		return 0;
+		return false;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skaddr);
 	struct owner *o = si ? &si->owner : NULL;
 	__u64 now = bpf_ktime_get_ns();
 	if (now - lc->busy_ns >= cfg.watch_busy_ns)
 		report_counted_drops(sk, &lc->seen, o, now);
 
-	struct listener l = {};
 	__u8 unused[16];
-	l.family = read_addrs(sk, l.saddr, unused, false);
-	if (!l.family)
-		return 0;
-	l.skaddr = skaddr;
-	l.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-	l.lport = local_port(sk, false);
-	l.drops = BPF_CORE_READ(sk, sk_drops.counter);
-	l.backlog = BPF_CORE_READ(sk, sk_ack_backlog);
-	l.max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
-	l.syn_queue = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	l->family = read_addrs(sk, l->saddr, unused, false);
+	if (!l->family)
+		return false;
+	l->skaddr = skaddr;
+	l->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	l->lport = local_port(sk, false);
+	l->drops = BPF_CORE_READ(sk, sk_drops.counter);
+	l->backlog = BPF_CORE_READ(sk, sk_ack_backlog);
+	l->max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
+	l->syn_queue = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
 	if (o)
-		l.owner = *o;
-	bpf_seq_write(ctx->meta->seq, &l, sizeof(l));
+		l->owner = *o;
+	return true;
+}
+
+SEC("iter/bpf_map_elem")
+int poll_listeners(struct bpf_iter__bpf_map_elem *ctx)
+{
+	__u64 *key = ctx->key;
+	struct listen_count *lc = ctx->value;
+	struct listener l = {};
+	if (key && lc && poll_one(*key, lc, &l))
+		bpf_seq_write(ctx->meta->seq, &l, sizeof(l));
 	return 0;
+}
+
+/* The rows of poll_listeners_run (see sweep_socks_run), as many as it
+ * returns. Made only where that program is loaded. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LISTENERS_MAX);
+	__type(key, __u32);
+	__type(value, struct listener);
+} listener_rows SEC(".maps");
+
+static long poll_listeners_cb(void *map, const __u64 *key, struct listen_count *lc, __u32 *rows)
+{
+	struct listener l = {};
+	__u32 n = *rows;
+	if (poll_one(*key, lc, &l) && n < LISTENERS_MAX && bpf_map_update_elem(&listener_rows, &n, &l, BPF_ANY) == 0)
+		*rows = n + 1;
+	return 0;
+}
+
+SEC("raw_tp")
+int poll_listeners_run(void *ctx)
+{
+	__u32 rows = 0;
+	bpf_for_each_map_elem(&listen_drops, poll_listeners_cb, &rows, 0);
+	return rows;
 }

@@ -88,6 +88,18 @@ func startTracerPerHook(t *testing.T, args ...string) map[string]*tracerProc {
 	return out
 }
 
+// activeHook is the hook -v says is active for feature, "" if none.
+func activeHook(stderr, feature string) string {
+	for _, line := range strings.Split(stderr, "\n") {
+		if h, ok := strings.CutPrefix(line, "tcptrace: hook: "+feature+": "); ok {
+			if h, ok := strings.CutSuffix(h, " (active)"); ok {
+				return h
+			}
+		}
+	}
+	return ""
+}
+
 func newTracer(t *testing.T, args ...string) *tracerProc {
 	t.Helper()
 	return newTracerOpts(t, false, args...)

@@ -25,7 +25,7 @@ type Listener struct {
 }
 
 // ErrNoListenerWalk means the kernel refused the listener walk (iter/bpf_map_elem).
-var ErrNoListenerWalk = errors.New("listener walk unavailable (no iter/bpf_map_elem)")
+var ErrNoListenerWalk = errors.New("listener walk unavailable: the kernel allows neither iter/bpf_map_elem nor bpf_for_each_map_elem (5.13+)")
 
 const rawListenerSize = int(unsafe.Sizeof(tcptraceListener{}))
 
@@ -41,7 +41,7 @@ func (t *Tracer) PollListeners(fn func(*Listener)) error {
 			fn(&l)
 		}
 	}
-	return t.readIter(&t.pollIter, ErrNoListenerWalk, "listener walk", rawListenerSize, read)
+	return t.readWalk(&t.poll, ErrNoListenerWalk, "listener walk", rawListenerSize, read)
 }
 
 func decodeListener(r *tcptraceListener, l *Listener) {

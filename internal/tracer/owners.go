@@ -41,7 +41,12 @@ func (t *Tracer) readIter(it **link.Iter, missing error, what string, size int, 
 	if *it == nil {
 		return missing
 	}
-	rc, err := (*it).Open()
+	return readIterator(*it, what, size, fn)
+}
+
+// readIterator runs it once and hands each fixed-size record to fn.
+func readIterator(it *link.Iter, what string, size int, fn func([]byte)) error {
+	rc, err := it.Open()
 	if err != nil {
 		return fmt.Errorf("open %s: %w", what, err)
 	}
@@ -101,12 +106,12 @@ func Mono() uint64 {
 
 // ErrNoSweep means the kernel refused the sweep of closed sockets' entries
 // (iter/bpf_map_elem); the state program then deletes them itself.
-var ErrNoSweep = errors.New("closed socket sweep unavailable (no iter/bpf_map_elem)")
+var ErrNoSweep = errors.New("closed socket sweep unavailable: the kernel allows neither iter/bpf_map_elem nor bpf_for_each_map_elem (5.13+)")
 
 // SweepClosed deletes the kernel side's entries of sockets closed over a
 // second ago that no new socket at their address took over.
 func (t *Tracer) SweepClosed() error {
-	return t.readIter(&t.sweepIter, ErrNoSweep, "closed socket sweep", 0, nil)
+	return t.readWalk(&t.sweep, ErrNoSweep, "closed socket sweep", 0, nil)
 }
 
 // SocketEntries counts the entries of m, a socks map (the kernel side's

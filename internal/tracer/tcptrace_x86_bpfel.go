@@ -208,73 +208,78 @@ type tcptraceStateNest struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	tcptraceMapConnecting      = "connecting"
-	tcptraceMapDropWatch       = "drop_watch"
-	tcptraceMapEvents          = "events"
-	tcptraceMapFates           = "fates"
-	tcptraceMapFilterPids      = "filter_pids"
-	tcptraceMapFilterPorts     = "filter_ports"
-	tcptraceMapGaps            = "gaps"
-	tcptraceMapListenDrops     = "listen_drops"
-	tcptraceMapListeners       = "listeners"
-	tcptraceMapLost            = "lost"
-	tcptraceMapNesting         = "nesting"
-	tcptraceMapPendingConnects = "pending_connects"
-	tcptraceMapSocks           = "socks"
-	tcptraceProgAcceptExitTp   = "accept_exit_tp"
-	tcptraceProgAckFentry      = "ack_fentry"
-	tcptraceProgAckFexit       = "ack_fexit"
-	tcptraceProgAckKprobe      = "ack_kprobe"
-	tcptraceProgAckKretprobe   = "ack_kretprobe"
-	tcptraceProgConnectExitTp  = "connect_exit_tp"
-	tcptraceProgExecBtf        = "exec_btf"
-	tcptraceProgExecRaw        = "exec_raw"
-	tcptraceProgExitBtf        = "exit_btf"
-	tcptraceProgExitRaw        = "exit_raw"
-	tcptraceProgForkBtf        = "fork_btf"
-	tcptraceProgForkRaw        = "fork_raw"
-	tcptraceProgKfreeRxSk      = "kfree_rx_sk"
-	tcptraceProgOtherReason    = "other_reason"
-	tcptraceProgOtherRxSk      = "other_rx_sk"
-	tcptraceProgPollListeners  = "poll_listeners"
-	tcptraceProgRenameBtf      = "rename_btf"
-	tcptraceProgRenameRaw      = "rename_raw"
-	tcptraceProgResetBtf       = "reset_btf"
-	tcptraceProgResetBtfReason = "reset_btf_reason"
-	tcptraceProgResetRaw       = "reset_raw"
-	tcptraceProgResetRawReason = "reset_raw_reason"
-	tcptraceProgRetransBtf     = "retrans_btf"
-	tcptraceProgRetransBtfErr  = "retrans_btf_err"
-	tcptraceProgRetransRaw     = "retrans_raw"
-	tcptraceProgRetransRawErr  = "retrans_raw_err"
-	tcptraceProgScanSocks      = "scan_socks"
-	tcptraceProgStateBtf       = "state_btf"
-	tcptraceProgStateBtfCatch  = "state_btf_catch"
-	tcptraceProgStateBtfPush   = "state_btf_push"
-	tcptraceProgStateRaw       = "state_raw"
-	tcptraceProgStateRawCatch  = "state_raw_catch"
-	tcptraceProgStateRawPush   = "state_raw_push"
-	tcptraceProgStateTp        = "state_tp"
-	tcptraceProgSweepSocks     = "sweep_socks"
-	tcptraceProgSynFentry      = "syn_fentry"
-	tcptraceProgSynFexit       = "syn_fexit"
-	tcptraceProgSynKprobe      = "syn_kprobe"
-	tcptraceProgSynKretprobe   = "syn_kretprobe"
-	tcptraceProgSynackBtf      = "synack_btf"
-	tcptraceProgSynackRaw      = "synack_raw"
-	tcptraceProgSysExitBtf     = "sys_exit_btf"
-	tcptraceProgSysExitRaw     = "sys_exit_raw"
-	tcptraceProgTcpDropFentry  = "tcp_drop_fentry"
-	tcptraceProgTcpDropKprobe  = "tcp_drop_kprobe"
-	tcptraceVarCfg             = "cfg"
-	tcptraceVarKeepClosed      = "keep_closed"
-	tcptraceVarLastFateNs      = "last_fate_ns"
-	tcptraceVarNestArmed       = "nest_armed"
-	tcptraceVarUnusedDrop      = "unused_drop"
-	tcptraceVarUnusedDropKind  = "unused_drop_kind"
-	tcptraceVarUnusedEventFlag = "unused_event_flag"
-	tcptraceVarUnusedListener  = "unused_listener"
-	tcptraceVarUnusedSockFd    = "unused_sock_fd"
+	tcptraceMapConnecting        = "connecting"
+	tcptraceMapDropWatch         = "drop_watch"
+	tcptraceMapEvents            = "events"
+	tcptraceMapFates             = "fates"
+	tcptraceMapFilterPids        = "filter_pids"
+	tcptraceMapFilterPorts       = "filter_ports"
+	tcptraceMapGaps              = "gaps"
+	tcptraceMapListenDrops       = "listen_drops"
+	tcptraceMapListenerRows      = "listener_rows"
+	tcptraceMapListeners         = "listeners"
+	tcptraceMapLost              = "lost"
+	tcptraceMapNesting           = "nesting"
+	tcptraceMapPendingConnects   = "pending_connects"
+	tcptraceMapSocks             = "socks"
+	tcptraceProgAcceptExitTp     = "accept_exit_tp"
+	tcptraceProgAckFentry        = "ack_fentry"
+	tcptraceProgAckFexit         = "ack_fexit"
+	tcptraceProgAckKprobe        = "ack_kprobe"
+	tcptraceProgAckKretprobe     = "ack_kretprobe"
+	tcptraceProgConnectExitTp    = "connect_exit_tp"
+	tcptraceProgExecBtf          = "exec_btf"
+	tcptraceProgExecRaw          = "exec_raw"
+	tcptraceProgExitBtf          = "exit_btf"
+	tcptraceProgExitRaw          = "exit_raw"
+	tcptraceProgForkBtf          = "fork_btf"
+	tcptraceProgForkRaw          = "fork_raw"
+	tcptraceProgKfreeRxSk        = "kfree_rx_sk"
+	tcptraceProgOtherReason      = "other_reason"
+	tcptraceProgOtherRxSk        = "other_rx_sk"
+	tcptraceProgPollListeners    = "poll_listeners"
+	tcptraceProgPollListenersRun = "poll_listeners_run"
+	tcptraceProgRenameBtf        = "rename_btf"
+	tcptraceProgRenameRaw        = "rename_raw"
+	tcptraceProgResetBtf         = "reset_btf"
+	tcptraceProgResetBtfReason   = "reset_btf_reason"
+	tcptraceProgResetCallFentry  = "reset_call_fentry"
+	tcptraceProgResetCallKprobe  = "reset_call_kprobe"
+	tcptraceProgResetRaw         = "reset_raw"
+	tcptraceProgResetRawReason   = "reset_raw_reason"
+	tcptraceProgRetransBtf       = "retrans_btf"
+	tcptraceProgRetransBtfErr    = "retrans_btf_err"
+	tcptraceProgRetransRaw       = "retrans_raw"
+	tcptraceProgRetransRawErr    = "retrans_raw_err"
+	tcptraceProgScanSocks        = "scan_socks"
+	tcptraceProgStateBtf         = "state_btf"
+	tcptraceProgStateBtfCatch    = "state_btf_catch"
+	tcptraceProgStateBtfPush     = "state_btf_push"
+	tcptraceProgStateRaw         = "state_raw"
+	tcptraceProgStateRawCatch    = "state_raw_catch"
+	tcptraceProgStateRawPush     = "state_raw_push"
+	tcptraceProgStateTp          = "state_tp"
+	tcptraceProgSweepSocks       = "sweep_socks"
+	tcptraceProgSweepSocksRun    = "sweep_socks_run"
+	tcptraceProgSynFentry        = "syn_fentry"
+	tcptraceProgSynFexit         = "syn_fexit"
+	tcptraceProgSynKprobe        = "syn_kprobe"
+	tcptraceProgSynKretprobe     = "syn_kretprobe"
+	tcptraceProgSynackBtf        = "synack_btf"
+	tcptraceProgSynackRaw        = "synack_raw"
+	tcptraceProgSysExitBtf       = "sys_exit_btf"
+	tcptraceProgSysExitRaw       = "sys_exit_raw"
+	tcptraceProgTcpDropFentry    = "tcp_drop_fentry"
+	tcptraceProgTcpDropKprobe    = "tcp_drop_kprobe"
+	tcptraceVarCfg               = "cfg"
+	tcptraceVarKeepClosed        = "keep_closed"
+	tcptraceVarLastFateNs        = "last_fate_ns"
+	tcptraceVarNestArmed         = "nest_armed"
+	tcptraceVarUnusedDrop        = "unused_drop"
+	tcptraceVarUnusedDropKind    = "unused_drop_kind"
+	tcptraceVarUnusedEventFlag   = "unused_event_flag"
+	tcptraceVarUnusedListener    = "unused_listener"
+	tcptraceVarUnusedSockFd      = "unused_sock_fd"
 )
 
 // loadTcptrace returns the embedded CollectionSpec for tcptrace.
@@ -319,51 +324,55 @@ type tcptraceSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
-	AcceptExitTp   *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
-	AckFentry      *ebpf.ProgramSpec `ebpf:"ack_fentry"`
-	AckFexit       *ebpf.ProgramSpec `ebpf:"ack_fexit"`
-	AckKprobe      *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
-	AckKretprobe   *ebpf.ProgramSpec `ebpf:"ack_kretprobe"`
-	ConnectExitTp  *ebpf.ProgramSpec `ebpf:"connect_exit_tp"`
-	ExecBtf        *ebpf.ProgramSpec `ebpf:"exec_btf"`
-	ExecRaw        *ebpf.ProgramSpec `ebpf:"exec_raw"`
-	ExitBtf        *ebpf.ProgramSpec `ebpf:"exit_btf"`
-	ExitRaw        *ebpf.ProgramSpec `ebpf:"exit_raw"`
-	ForkBtf        *ebpf.ProgramSpec `ebpf:"fork_btf"`
-	ForkRaw        *ebpf.ProgramSpec `ebpf:"fork_raw"`
-	KfreeRxSk      *ebpf.ProgramSpec `ebpf:"kfree_rx_sk"`
-	OtherReason    *ebpf.ProgramSpec `ebpf:"other_reason"`
-	OtherRxSk      *ebpf.ProgramSpec `ebpf:"other_rx_sk"`
-	PollListeners  *ebpf.ProgramSpec `ebpf:"poll_listeners"`
-	RenameBtf      *ebpf.ProgramSpec `ebpf:"rename_btf"`
-	RenameRaw      *ebpf.ProgramSpec `ebpf:"rename_raw"`
-	ResetBtf       *ebpf.ProgramSpec `ebpf:"reset_btf"`
-	ResetBtfReason *ebpf.ProgramSpec `ebpf:"reset_btf_reason"`
-	ResetRaw       *ebpf.ProgramSpec `ebpf:"reset_raw"`
-	ResetRawReason *ebpf.ProgramSpec `ebpf:"reset_raw_reason"`
-	RetransBtf     *ebpf.ProgramSpec `ebpf:"retrans_btf"`
-	RetransBtfErr  *ebpf.ProgramSpec `ebpf:"retrans_btf_err"`
-	RetransRaw     *ebpf.ProgramSpec `ebpf:"retrans_raw"`
-	RetransRawErr  *ebpf.ProgramSpec `ebpf:"retrans_raw_err"`
-	ScanSocks      *ebpf.ProgramSpec `ebpf:"scan_socks"`
-	StateBtf       *ebpf.ProgramSpec `ebpf:"state_btf"`
-	StateBtfCatch  *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
-	StateBtfPush   *ebpf.ProgramSpec `ebpf:"state_btf_push"`
-	StateRaw       *ebpf.ProgramSpec `ebpf:"state_raw"`
-	StateRawCatch  *ebpf.ProgramSpec `ebpf:"state_raw_catch"`
-	StateRawPush   *ebpf.ProgramSpec `ebpf:"state_raw_push"`
-	StateTp        *ebpf.ProgramSpec `ebpf:"state_tp"`
-	SweepSocks     *ebpf.ProgramSpec `ebpf:"sweep_socks"`
-	SynFentry      *ebpf.ProgramSpec `ebpf:"syn_fentry"`
-	SynFexit       *ebpf.ProgramSpec `ebpf:"syn_fexit"`
-	SynKprobe      *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
-	SynKretprobe   *ebpf.ProgramSpec `ebpf:"syn_kretprobe"`
-	SynackBtf      *ebpf.ProgramSpec `ebpf:"synack_btf"`
-	SynackRaw      *ebpf.ProgramSpec `ebpf:"synack_raw"`
-	SysExitBtf     *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
-	SysExitRaw     *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
-	TcpDropFentry  *ebpf.ProgramSpec `ebpf:"tcp_drop_fentry"`
-	TcpDropKprobe  *ebpf.ProgramSpec `ebpf:"tcp_drop_kprobe"`
+	AcceptExitTp     *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
+	AckFentry        *ebpf.ProgramSpec `ebpf:"ack_fentry"`
+	AckFexit         *ebpf.ProgramSpec `ebpf:"ack_fexit"`
+	AckKprobe        *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
+	AckKretprobe     *ebpf.ProgramSpec `ebpf:"ack_kretprobe"`
+	ConnectExitTp    *ebpf.ProgramSpec `ebpf:"connect_exit_tp"`
+	ExecBtf          *ebpf.ProgramSpec `ebpf:"exec_btf"`
+	ExecRaw          *ebpf.ProgramSpec `ebpf:"exec_raw"`
+	ExitBtf          *ebpf.ProgramSpec `ebpf:"exit_btf"`
+	ExitRaw          *ebpf.ProgramSpec `ebpf:"exit_raw"`
+	ForkBtf          *ebpf.ProgramSpec `ebpf:"fork_btf"`
+	ForkRaw          *ebpf.ProgramSpec `ebpf:"fork_raw"`
+	KfreeRxSk        *ebpf.ProgramSpec `ebpf:"kfree_rx_sk"`
+	OtherReason      *ebpf.ProgramSpec `ebpf:"other_reason"`
+	OtherRxSk        *ebpf.ProgramSpec `ebpf:"other_rx_sk"`
+	PollListeners    *ebpf.ProgramSpec `ebpf:"poll_listeners"`
+	PollListenersRun *ebpf.ProgramSpec `ebpf:"poll_listeners_run"`
+	RenameBtf        *ebpf.ProgramSpec `ebpf:"rename_btf"`
+	RenameRaw        *ebpf.ProgramSpec `ebpf:"rename_raw"`
+	ResetBtf         *ebpf.ProgramSpec `ebpf:"reset_btf"`
+	ResetBtfReason   *ebpf.ProgramSpec `ebpf:"reset_btf_reason"`
+	ResetCallFentry  *ebpf.ProgramSpec `ebpf:"reset_call_fentry"`
+	ResetCallKprobe  *ebpf.ProgramSpec `ebpf:"reset_call_kprobe"`
+	ResetRaw         *ebpf.ProgramSpec `ebpf:"reset_raw"`
+	ResetRawReason   *ebpf.ProgramSpec `ebpf:"reset_raw_reason"`
+	RetransBtf       *ebpf.ProgramSpec `ebpf:"retrans_btf"`
+	RetransBtfErr    *ebpf.ProgramSpec `ebpf:"retrans_btf_err"`
+	RetransRaw       *ebpf.ProgramSpec `ebpf:"retrans_raw"`
+	RetransRawErr    *ebpf.ProgramSpec `ebpf:"retrans_raw_err"`
+	ScanSocks        *ebpf.ProgramSpec `ebpf:"scan_socks"`
+	StateBtf         *ebpf.ProgramSpec `ebpf:"state_btf"`
+	StateBtfCatch    *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
+	StateBtfPush     *ebpf.ProgramSpec `ebpf:"state_btf_push"`
+	StateRaw         *ebpf.ProgramSpec `ebpf:"state_raw"`
+	StateRawCatch    *ebpf.ProgramSpec `ebpf:"state_raw_catch"`
+	StateRawPush     *ebpf.ProgramSpec `ebpf:"state_raw_push"`
+	StateTp          *ebpf.ProgramSpec `ebpf:"state_tp"`
+	SweepSocks       *ebpf.ProgramSpec `ebpf:"sweep_socks"`
+	SweepSocksRun    *ebpf.ProgramSpec `ebpf:"sweep_socks_run"`
+	SynFentry        *ebpf.ProgramSpec `ebpf:"syn_fentry"`
+	SynFexit         *ebpf.ProgramSpec `ebpf:"syn_fexit"`
+	SynKprobe        *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
+	SynKretprobe     *ebpf.ProgramSpec `ebpf:"syn_kretprobe"`
+	SynackBtf        *ebpf.ProgramSpec `ebpf:"synack_btf"`
+	SynackRaw        *ebpf.ProgramSpec `ebpf:"synack_raw"`
+	SysExitBtf       *ebpf.ProgramSpec `ebpf:"sys_exit_btf"`
+	SysExitRaw       *ebpf.ProgramSpec `ebpf:"sys_exit_raw"`
+	TcpDropFentry    *ebpf.ProgramSpec `ebpf:"tcp_drop_fentry"`
+	TcpDropKprobe    *ebpf.ProgramSpec `ebpf:"tcp_drop_kprobe"`
 }
 
 // tcptraceMapSpecs contains maps before they are loaded into the kernel.
@@ -378,6 +387,7 @@ type tcptraceMapSpecs struct {
 	FilterPorts     *ebpf.MapSpec `ebpf:"filter_ports"`
 	Gaps            *ebpf.MapSpec `ebpf:"gaps"`
 	ListenDrops     *ebpf.MapSpec `ebpf:"listen_drops"`
+	ListenerRows    *ebpf.MapSpec `ebpf:"listener_rows"`
 	Listeners       *ebpf.MapSpec `ebpf:"listeners"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
 	Nesting         *ebpf.MapSpec `ebpf:"nesting"`
@@ -428,6 +438,7 @@ type tcptraceMaps struct {
 	FilterPorts     *ebpf.Map `ebpf:"filter_ports"`
 	Gaps            *ebpf.Map `ebpf:"gaps"`
 	ListenDrops     *ebpf.Map `ebpf:"listen_drops"`
+	ListenerRows    *ebpf.Map `ebpf:"listener_rows"`
 	Listeners       *ebpf.Map `ebpf:"listeners"`
 	Lost            *ebpf.Map `ebpf:"lost"`
 	Nesting         *ebpf.Map `ebpf:"nesting"`
@@ -445,6 +456,7 @@ func (m *tcptraceMaps) Close() error {
 		m.FilterPorts,
 		m.Gaps,
 		m.ListenDrops,
+		m.ListenerRows,
 		m.Listeners,
 		m.Lost,
 		m.Nesting,
@@ -472,51 +484,55 @@ type tcptraceVariables struct {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
-	AcceptExitTp   *ebpf.Program `ebpf:"accept_exit_tp"`
-	AckFentry      *ebpf.Program `ebpf:"ack_fentry"`
-	AckFexit       *ebpf.Program `ebpf:"ack_fexit"`
-	AckKprobe      *ebpf.Program `ebpf:"ack_kprobe"`
-	AckKretprobe   *ebpf.Program `ebpf:"ack_kretprobe"`
-	ConnectExitTp  *ebpf.Program `ebpf:"connect_exit_tp"`
-	ExecBtf        *ebpf.Program `ebpf:"exec_btf"`
-	ExecRaw        *ebpf.Program `ebpf:"exec_raw"`
-	ExitBtf        *ebpf.Program `ebpf:"exit_btf"`
-	ExitRaw        *ebpf.Program `ebpf:"exit_raw"`
-	ForkBtf        *ebpf.Program `ebpf:"fork_btf"`
-	ForkRaw        *ebpf.Program `ebpf:"fork_raw"`
-	KfreeRxSk      *ebpf.Program `ebpf:"kfree_rx_sk"`
-	OtherReason    *ebpf.Program `ebpf:"other_reason"`
-	OtherRxSk      *ebpf.Program `ebpf:"other_rx_sk"`
-	PollListeners  *ebpf.Program `ebpf:"poll_listeners"`
-	RenameBtf      *ebpf.Program `ebpf:"rename_btf"`
-	RenameRaw      *ebpf.Program `ebpf:"rename_raw"`
-	ResetBtf       *ebpf.Program `ebpf:"reset_btf"`
-	ResetBtfReason *ebpf.Program `ebpf:"reset_btf_reason"`
-	ResetRaw       *ebpf.Program `ebpf:"reset_raw"`
-	ResetRawReason *ebpf.Program `ebpf:"reset_raw_reason"`
-	RetransBtf     *ebpf.Program `ebpf:"retrans_btf"`
-	RetransBtfErr  *ebpf.Program `ebpf:"retrans_btf_err"`
-	RetransRaw     *ebpf.Program `ebpf:"retrans_raw"`
-	RetransRawErr  *ebpf.Program `ebpf:"retrans_raw_err"`
-	ScanSocks      *ebpf.Program `ebpf:"scan_socks"`
-	StateBtf       *ebpf.Program `ebpf:"state_btf"`
-	StateBtfCatch  *ebpf.Program `ebpf:"state_btf_catch"`
-	StateBtfPush   *ebpf.Program `ebpf:"state_btf_push"`
-	StateRaw       *ebpf.Program `ebpf:"state_raw"`
-	StateRawCatch  *ebpf.Program `ebpf:"state_raw_catch"`
-	StateRawPush   *ebpf.Program `ebpf:"state_raw_push"`
-	StateTp        *ebpf.Program `ebpf:"state_tp"`
-	SweepSocks     *ebpf.Program `ebpf:"sweep_socks"`
-	SynFentry      *ebpf.Program `ebpf:"syn_fentry"`
-	SynFexit       *ebpf.Program `ebpf:"syn_fexit"`
-	SynKprobe      *ebpf.Program `ebpf:"syn_kprobe"`
-	SynKretprobe   *ebpf.Program `ebpf:"syn_kretprobe"`
-	SynackBtf      *ebpf.Program `ebpf:"synack_btf"`
-	SynackRaw      *ebpf.Program `ebpf:"synack_raw"`
-	SysExitBtf     *ebpf.Program `ebpf:"sys_exit_btf"`
-	SysExitRaw     *ebpf.Program `ebpf:"sys_exit_raw"`
-	TcpDropFentry  *ebpf.Program `ebpf:"tcp_drop_fentry"`
-	TcpDropKprobe  *ebpf.Program `ebpf:"tcp_drop_kprobe"`
+	AcceptExitTp     *ebpf.Program `ebpf:"accept_exit_tp"`
+	AckFentry        *ebpf.Program `ebpf:"ack_fentry"`
+	AckFexit         *ebpf.Program `ebpf:"ack_fexit"`
+	AckKprobe        *ebpf.Program `ebpf:"ack_kprobe"`
+	AckKretprobe     *ebpf.Program `ebpf:"ack_kretprobe"`
+	ConnectExitTp    *ebpf.Program `ebpf:"connect_exit_tp"`
+	ExecBtf          *ebpf.Program `ebpf:"exec_btf"`
+	ExecRaw          *ebpf.Program `ebpf:"exec_raw"`
+	ExitBtf          *ebpf.Program `ebpf:"exit_btf"`
+	ExitRaw          *ebpf.Program `ebpf:"exit_raw"`
+	ForkBtf          *ebpf.Program `ebpf:"fork_btf"`
+	ForkRaw          *ebpf.Program `ebpf:"fork_raw"`
+	KfreeRxSk        *ebpf.Program `ebpf:"kfree_rx_sk"`
+	OtherReason      *ebpf.Program `ebpf:"other_reason"`
+	OtherRxSk        *ebpf.Program `ebpf:"other_rx_sk"`
+	PollListeners    *ebpf.Program `ebpf:"poll_listeners"`
+	PollListenersRun *ebpf.Program `ebpf:"poll_listeners_run"`
+	RenameBtf        *ebpf.Program `ebpf:"rename_btf"`
+	RenameRaw        *ebpf.Program `ebpf:"rename_raw"`
+	ResetBtf         *ebpf.Program `ebpf:"reset_btf"`
+	ResetBtfReason   *ebpf.Program `ebpf:"reset_btf_reason"`
+	ResetCallFentry  *ebpf.Program `ebpf:"reset_call_fentry"`
+	ResetCallKprobe  *ebpf.Program `ebpf:"reset_call_kprobe"`
+	ResetRaw         *ebpf.Program `ebpf:"reset_raw"`
+	ResetRawReason   *ebpf.Program `ebpf:"reset_raw_reason"`
+	RetransBtf       *ebpf.Program `ebpf:"retrans_btf"`
+	RetransBtfErr    *ebpf.Program `ebpf:"retrans_btf_err"`
+	RetransRaw       *ebpf.Program `ebpf:"retrans_raw"`
+	RetransRawErr    *ebpf.Program `ebpf:"retrans_raw_err"`
+	ScanSocks        *ebpf.Program `ebpf:"scan_socks"`
+	StateBtf         *ebpf.Program `ebpf:"state_btf"`
+	StateBtfCatch    *ebpf.Program `ebpf:"state_btf_catch"`
+	StateBtfPush     *ebpf.Program `ebpf:"state_btf_push"`
+	StateRaw         *ebpf.Program `ebpf:"state_raw"`
+	StateRawCatch    *ebpf.Program `ebpf:"state_raw_catch"`
+	StateRawPush     *ebpf.Program `ebpf:"state_raw_push"`
+	StateTp          *ebpf.Program `ebpf:"state_tp"`
+	SweepSocks       *ebpf.Program `ebpf:"sweep_socks"`
+	SweepSocksRun    *ebpf.Program `ebpf:"sweep_socks_run"`
+	SynFentry        *ebpf.Program `ebpf:"syn_fentry"`
+	SynFexit         *ebpf.Program `ebpf:"syn_fexit"`
+	SynKprobe        *ebpf.Program `ebpf:"syn_kprobe"`
+	SynKretprobe     *ebpf.Program `ebpf:"syn_kretprobe"`
+	SynackBtf        *ebpf.Program `ebpf:"synack_btf"`
+	SynackRaw        *ebpf.Program `ebpf:"synack_raw"`
+	SysExitBtf       *ebpf.Program `ebpf:"sys_exit_btf"`
+	SysExitRaw       *ebpf.Program `ebpf:"sys_exit_raw"`
+	TcpDropFentry    *ebpf.Program `ebpf:"tcp_drop_fentry"`
+	TcpDropKprobe    *ebpf.Program `ebpf:"tcp_drop_kprobe"`
 }
 
 func (p *tcptracePrograms) Close() error {
@@ -537,10 +553,13 @@ func (p *tcptracePrograms) Close() error {
 		p.OtherReason,
 		p.OtherRxSk,
 		p.PollListeners,
+		p.PollListenersRun,
 		p.RenameBtf,
 		p.RenameRaw,
 		p.ResetBtf,
 		p.ResetBtfReason,
+		p.ResetCallFentry,
+		p.ResetCallKprobe,
 		p.ResetRaw,
 		p.ResetRawReason,
 		p.RetransBtf,
@@ -556,6 +575,7 @@ func (p *tcptracePrograms) Close() error {
 		p.StateRawPush,
 		p.StateTp,
 		p.SweepSocks,
+		p.SweepSocksRun,
 		p.SynFentry,
 		p.SynFexit,
 		p.SynKprobe,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/cilium/ebpf/btf"
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
@@ -99,6 +100,9 @@ type part struct {
 	// function its section names (fentry/fexit are bound at load).
 	as, fn string
 	attach func(*ebpf.Program) (link.Link, error)
+	// walk: a program run on demand (see walkRun) rather than attached,
+	// its rows map (if it has one) set here once loaded.
+	walk *mapWalk
 	// counted: the feature's program whose skipped runs (recursion
 	// misses) are changes lost unless caught (the state program).
 	counted bool
@@ -175,6 +179,12 @@ func tpBTF(p *ebpf.Program) (link.Link, error) {
 func (t *Tracer) kernelHas(fn string) bool {
 	var f *btf.Func
 	return t.kernel != nil && t.kernel.TypeByName(fn, &f) == nil
+}
+
+// kernelHasStruct reports whether the kernel's BTF has a struct of this name.
+func (t *Tracer) kernelHasStruct(name string) bool {
+	var s *btf.Struct
+	return t.kernel != nil && t.kernel.TypeByName(name, &s) == nil
 }
 
 // tracepointArgs is how many arguments the kernel's tracepoint name passes
@@ -355,6 +365,10 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	} else {
 		others.degraded += " (no tcp_drop() in this kernel's BTF to fall back on)"
 	}
+	// The two map walks: an iterator each, else (where the kernel refuses
+	// map iterators, as a BPF LSM's policy can) a program that walks the
+	// map with bpf_for_each_map_elem, run on demand (5.13+).
+	walkByRun := features.HaveProgramHelper(ebpf.RawTracepoint, asm.FnForEachMapElem) == nil
 	polls := feature{
 		name:     "listener drop counters",
 		degraded: "no drops are reported and `tcptrace listeners` is unavailable",
@@ -362,7 +376,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			single("iter/bpf_map_elem", "iter", "poll_listeners", func(p *ebpf.Program) (link.Link, error) {
 				it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps["listen_drops"]})
 				if err == nil {
-					t.pollIter = it
+					t.poll.iter = it
 				}
 				return it, err
 			}),
@@ -392,14 +406,21 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 					return nil, err
 				}
 				// Only now may the state program leave closed sockets' entries.
-				if err := t.maps.Variables["keep_closed"].Set(uint8(1)); err != nil {
+				if err := t.keepClosed(); err != nil {
 					it.Close()
-					return nil, fmt.Errorf("set keep_closed: %w", err)
+					return nil, err
 				}
-				t.sweepIter = it
+				t.sweep.iter = it
 				return it, nil
 			}),
 		},
+	}
+	if walkByRun {
+		// Kind raw_tp (its program type): forcing raw_tp tries these too.
+		polls.candidates = append(polls.candidates, candidate{name: walkRunName + " over listen_drops", kind: "raw_tp",
+			parts: []part{{prog: "poll_listeners_run", walk: &t.poll, attach: t.walkRun(&t.poll, nil)}}})
+		sweep.candidates = append(sweep.candidates, candidate{name: walkRunName + " over socks", kind: "raw_tp",
+			parts: []part{{prog: "sweep_socks_run", walk: &t.sweep, attach: t.walkRun(&t.sweep, t.keepClosed)}}})
 	}
 	// Retransmissions: the variant whose arguments match the kernel's
 	// tracepoint (newer kernels add the attempt's error as a third).
@@ -416,24 +437,51 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 				{prog: "synack_raw", attach: rawTracepoint("tcp_retransmit_synack"), lossy: true}}},
 		},
 	}
-	// Resets sent: kernels whose tracepoint passes a reason (the third
-	// argument) fire it for every reset; earlier ones only for resets a
-	// full socket sent, not for a segment to a closed port or a timewait
-	// socket, and the hook's name says so.
+	// Resets sent, by the tracepoint's variant for its arguments (newer
+	// kernels pass the reason as a third). Where tcp_send_reset is an event
+	// of its own (6.10+) it fires for every reset; before, it shared
+	// tcp_event_sk_skb and fired only for resets a full socket sent: the
+	// others (to a closed port, from a timewait or request socket) are
+	// hooked at tcp_v4/v6_send_reset, by fentry or else kprobe, and where
+	// neither attaches the hook's name says what is missing.
 	resetProg, noResets := t.argVariant("tcp_send_reset", "reset_btf", "_reason")
-	resetScope := " (full sockets only)"
+	resetTP := "tcp_send_reset"
 	if strings.HasSuffix(resetProg, "_reason") {
-		resetScope = ""
+		resetTP += " (reason)"
 	}
+	resetBTF := part{prog: resetProg, attach: tpBTF, lossy: true}
 	resets := feature{
 		name:     "resets",
 		degraded: "resets sent are not reported (a reset received still shows as a close with ECONNRESET)",
 		candidates: []candidate{
-			{name: "tp_btf/tcp_send_reset" + resetScope, kind: "tp_btf", unusable: noResets, parts: []part{
-				{prog: resetProg, attach: tpBTF, lossy: true}}},
-			{name: "raw_tp/tcp_send_reset" + resetScope, kind: "raw_tp", unusable: noResets, parts: []part{
+			{name: "tp_btf/" + resetTP, kind: "tp_btf", unusable: noResets, parts: []part{resetBTF}},
+			{name: "raw_tp/" + resetTP, kind: "raw_tp", unusable: noResets, parts: []part{
 				{prog: strings.Replace(resetProg, "_btf", "_raw", 1), attach: rawTracepoint("tcp_send_reset"), lossy: true}}},
 		},
+	}
+	if !t.kernelHasStruct("trace_event_raw_tcp_send_reset") {
+		for i := range resets.candidates {
+			resets.candidates[i].name += " (full sockets only)"
+		}
+		const v4, v6 = "tcp_v4_send_reset", "tcp_v6_send_reset"
+		var noCalls error
+		if !t.kernelHas(v4) {
+			noCalls = fmt.Errorf("the kernel's BTF has no %s() to hook", v4)
+		}
+		calls := v4
+		fentries := []part{resetBTF, {prog: "reset_call_fentry", attach: tpBTF, lossy: true}}
+		kprobes := []part{resetBTF, {prog: "reset_call_kprobe", attach: kprobe(v4), lossy: true}}
+		if t.kernelHas(v6) {
+			calls += "," + v6
+			fentries = append(fentries, part{prog: "reset_call_fentry", as: "reset_call_fentry_v6", fn: v6, attach: tpBTF, lossy: true})
+			kprobes = append(kprobes, part{prog: "reset_call_kprobe", attach: kprobe(v6), lossy: true})
+		}
+		resets.candidates = append([]candidate{
+			{name: "tp_btf/tcp_send_reset + fentry/" + calls, kind: "fentry",
+				unusable: errors.Join(noResets, noCalls), parts: fentries},
+			{name: "tp_btf/tcp_send_reset + kprobe/" + calls, kind: "kprobe",
+				unusable: errors.Join(noResets, noCalls, noKprobes), parts: kprobes},
+		}, resets.candidates...)
 	}
 	// The scan comes first: owners of existing sockets are recorded before
 	// the state hooks start reading them. The state hooks come last: from
@@ -496,8 +544,8 @@ type Tracer struct {
 	reasons *kernelReasons
 	kernel  *btf.Spec // the running kernel's BTF
 
-	pollIter  *link.Iter  // the listener walk (iter/bpf_map_elem)
-	sweepIter *link.Iter  // the sweep of closed sockets' entries (iter/bpf_map_elem)
+	poll      mapWalk     // the listener walk
+	sweep     mapWalk     // the sweep of closed sockets' entries
 	dropWatch []link.Link // the per-packet drop hooks, closed before the last walk
 	// stateProg is the active state-change program: the runs the kernel
 	// skipped (recursion) are lost events too, but for those the catch
@@ -558,6 +606,9 @@ func New(opts Options) (_ *Tracer, err error) {
 	// Maps first, shared by whichever programs end up loaded.
 	mapSpec := spec.Copy()
 	mapSpec.Programs = nil
+	for _, name := range ownMaps {
+		delete(mapSpec.Maps, name)
+	}
 	if t.maps, err = ebpf.NewCollection(mapSpec); err != nil {
 		return nil, loadError("create BPF maps", err)
 	}
@@ -663,8 +714,9 @@ func (t *Tracer) attachFeature(spec *ebpf.CollectionSpec, f feature) error {
 				if p.counted {
 					t.stateProg = coll.Programs[p.name()]
 				}
-				if p.lossy {
-					t.lossy = append(t.lossy, coll.Programs[p.name()])
+				// A program attached twice (two kprobes) counts its misses once.
+				if prog := coll.Programs[p.name()]; p.lossy && !slices.Contains(t.lossy, prog) {
+					t.lossy = append(t.lossy, prog)
 				}
 			}
 			t.hooks = append(t.hooks, Hook{Feature: f.name, Name: c.name, Active: true})
@@ -705,6 +757,12 @@ func (t *Tracer) loadAndAttach(spec *ebpf.CollectionSpec, c candidate) (_ []link
 		}
 		one.Programs[p.name()] = ps
 	}
+	// A map not shared (see ownMaps) is made only for the programs that use it.
+	for name := range one.Maps {
+		if _, shared := t.maps.Maps[name]; !shared && !usesMap(one.Programs, name) {
+			delete(one.Maps, name)
+		}
+	}
 	coll, err := ebpf.NewCollectionWithOptions(one, ebpf.CollectionOptions{MapReplacements: t.maps.Maps})
 	if err != nil {
 		return nil, nil, loadError("load", err)
@@ -719,6 +777,9 @@ func (t *Tracer) loadAndAttach(spec *ebpf.CollectionSpec, c candidate) (_ []link
 		}
 	}()
 	for _, p := range c.parts {
+		if p.walk != nil {
+			p.walk.rows = coll.Maps["listener_rows"]
+		}
 		l, err := p.attach(coll.Programs[p.name()])
 		if err != nil {
 			return nil, nil, fmt.Errorf("attach %s: %w", p.name(), err)
@@ -810,7 +871,7 @@ func (t *Tracer) ActiveHook(feature string) string {
 // readable so the ring buffer can still be drained.
 func (t *Tracer) Detach() error {
 	t.iterMu.Lock()
-	t.iter, t.pollIter, t.sweepIter = nil, nil, nil
+	t.iter, t.poll, t.sweep = nil, mapWalk{}, mapWalk{}
 	t.iterMu.Unlock()
 	var errs []error
 	for _, l := range t.links {
