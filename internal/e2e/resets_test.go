@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -21,7 +23,10 @@ import (
 // "closed", the ends the reset went between) and the error the other side's
 // application got. "unread": the server closes with data unread (an abort);
 // "linger": the client closes with SO_LINGER 0; "closed": a connect to
-// port+1, where no socket listens. Then "done", and it stays until "exit".
+// port+1, where no socket listens; "timewait": the client shuts down its
+// sending side, then closes in FIN_WAIT2, which hands the connection to a
+// timewait socket, and the server's data after that meets that socket,
+// which resets. Then "done", and it stays until "exit".
 func runResets(in *bufio.Reader, addr string) error {
 	ap, err := netip.ParseAddrPort(addr)
 	if err != nil {
@@ -62,9 +67,45 @@ func runResets(in *bufio.Reader, addr string) error {
 	syscall.Close(fd)
 	fmt.Printf("closed %d %d %s\n", ap.Port()+1, p, errnoName(err))
 
+	if c, s, err = dialAccept(ln); err != nil {
+		return err
+	}
+	// Closed at once, the client's FIN would be acknowledged while close()
+	// holds the socket, and the socket, a full one still, would meet the
+	// data (an abort, TCPAbortOnData).
+	c.CloseWrite()
+	if _, err := s.Read(make([]byte, 1)); err != io.EOF {
+		return fmt.Errorf("timewait: the server read %v, want EOF", err)
+	}
+	if err := waitState(c, unix.BPF_TCP_FIN_WAIT2); err != nil {
+		return fmt.Errorf("timewait: %w", err)
+	}
+	c.Close()
+	// The first write goes out; the reset it draws fails a later one.
+	for deadline := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		_, err = s.Write([]byte("late"))
+	}
+	fmt.Printf("timewait %d %d %s\n", port(c), ap.Port(), errnoName(err))
+	s.Close()
+
 	fmt.Println("done")
 	waitLine(in, "exit")
 	return nil
+}
+
+// waitState waits until c's TCP state is state.
+func waitState(c *net.TCPConn, state uint8) error {
+	var info *unix.TCPInfo
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		err := control(c, func(fd int) (err error) {
+			info, err = unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+			return err
+		})
+		if err != nil || info.State == state {
+			return err
+		}
+	}
+	return fmt.Errorf("the socket stayed in state %d, not %d", info.State, state)
 }
 
 // waitUnread waits until data waits in c's receive queue.
@@ -85,11 +126,12 @@ func waitUnread(c *net.TCPConn) error {
 // TestResetsSent: with --events resets, each reset this host sends is one
 // record: an abort's (close with data unread, SO_LINGER 0) names the socket,
 // its owner and its state, and a reset for a segment no socket took (a closed
-// port) names the ends it went between and no socket. Kernels whose
-// tracepoint passes no reason fire it for full sockets only: there the closed
-// port's comes from tcp_v4_send_reset() (fentry, or a forced kprobe where
-// the kernel has kprobes), and from the tracepoint alone it is missing, as the
-// hook says ("full sockets only"). The kernel's reason is there where the
+// port) names the ends it went between and no socket, one a timewait
+// socket sent (data after the peer's close) its ends and TIME_WAIT but no
+// socket or owner. Kernels whose tracepoint passes no reason fire it for
+// full sockets only: there those two come from tcp_v4_send_reset() (fentry,
+// or a forced kprobe where the kernel has kprobes), and from the tracepoint
+// alone they are missing, as the hook says ("full sockets only"). The kernel's reason is there where the
 // hook says "(reason)". Their number matches the namespace's OutRsts; on
 // every hook path at once; --pid of another process gets none.
 func TestResetsSent(t *testing.T) {
@@ -108,14 +150,16 @@ func TestResetsSent(t *testing.T) {
 
 	type reset struct {
 		lport, rport uint16
-		owned        bool
+		state        string // the sender's; CLOSE with a socket and an owner
+		reason       string // the kernel's, where it gives one; "" not checked
 	}
 	want := map[string]reset{}
-	for _, c := range []struct{ kind, errno string }{
-		{"unread", "ECONNRESET"}, {"linger", "ECONNRESET"}, {"closed", "ECONNREFUSED"},
+	for _, c := range []struct{ kind, errno, state, reason string }{
+		{"unread", "ECONNRESET", "CLOSE", ""}, {"linger", "ECONNRESET", "CLOSE", ""},
+		{"closed", "ECONNREFUSED", "", "no_socket"}, {"timewait", "EPIPE|ECONNRESET", "TIME_WAIT", "tcp_timewait_socket"},
 	} {
 		fs := strings.Fields(w.expectWithin(c.kind, 30*time.Second))
-		if len(fs) != 3 || fs[2] != c.errno {
+		if len(fs) != 3 || !slices.Contains(strings.Split(c.errno, "|"), fs[2]) {
 			t.Fatalf("%s: the other side got %q, want %s: the workload did not do what the test needs", c.kind, fs, c.errno)
 		}
 		l, err1 := strconv.ParseUint(fs[0], 10, 16)
@@ -123,11 +167,11 @@ func TestResetsSent(t *testing.T) {
 		if err := errors.Join(err1, err2); err != nil {
 			t.Fatal(err)
 		}
-		want[c.kind] = reset{uint16(l), uint16(r), c.kind != "closed"}
+		want[c.kind] = reset{uint16(l), uint16(r), c.state, c.reason}
 	}
 	w.expect("done")
-	if d := nsCounters(t, ns)["OutRsts"] - before["OutRsts"]; d != 3 {
-		t.Fatalf("OutRsts grew by %d, want 3: the workload did not do what the test needs", d)
+	if d := nsCounters(t, ns)["OutRsts"] - before["OutRsts"]; d != uint64(len(want)) {
+		t.Fatalf("OutRsts grew by %d, want %d: the workload did not do what the test needs", d, len(want))
 	}
 
 	for kind, tr := range tracers {
@@ -137,7 +181,7 @@ func TestResetsSent(t *testing.T) {
 		t.Logf("%s: resets via %s", kind, hook)
 		n := len(want)
 		if fullOnly {
-			n--
+			n -= 2 // not the closed port's, not the timewait socket's
 		}
 		var got []record
 		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
@@ -146,11 +190,11 @@ func TestResetsSent(t *testing.T) {
 			}
 		}
 		if len(got) != n {
-			t.Errorf("%s: %d reset records, want %d (OutRsts 3, via %s):\n%s", kind, len(got), n, hook, dump(got))
+			t.Errorf("%s: %d reset records, want %d (OutRsts %d, via %s):\n%s", kind, len(got), n, len(want), hook, dump(got))
 			continue
 		}
 		for what, wr := range want {
-			if what == "closed" && fullOnly {
+			if wr.state != "CLOSE" && fullOnly {
 				continue
 			}
 			var r *record
@@ -162,11 +206,12 @@ func TestResetsSent(t *testing.T) {
 			switch {
 			case r == nil:
 				t.Errorf("%s: no reset record %d -> %d (%s):\n%s", kind, wr.lport, wr.rport, what, dump(got))
-			case wr.owned && (r.PID != w.pid() || r.State != "CLOSE" || r.Sock == ""):
+			case wr.state == "CLOSE" && (r.PID != w.pid() || r.State != "CLOSE" || r.Sock == ""):
 				// An abort closes the socket first, then sends the reset.
 				t.Errorf("%s: %s: %s, want owner %d, state CLOSE, a socket", kind, what, r, w.pid())
-			case !wr.owned && (r.PID != 0 || r.State != "" || r.Sock != "" || reasons && r.Reason != "no_socket"):
-				t.Errorf("%s: %s: %s, want no owner, state or socket, and the reason no_socket where the kernel gives one", kind, what, r)
+			case wr.state != "CLOSE" && (r.PID != 0 || r.State != wr.state || r.Sock != "" || reasons && r.Reason != wr.reason):
+				t.Errorf("%s: %s: %s, want no owner or socket, state %q, and the reason %s where the kernel gives one",
+					kind, what, r, wr.state, wr.reason)
 			case reasons == (r.Reason == "") || r.Reason == "unknown":
 				t.Errorf("%s: %s: reason %q; the kernel gives one: %v", kind, what, r.Reason, reasons)
 			case r.LAddr != "127.0.0.1" || r.RAddr != "127.0.0.1":
