@@ -220,3 +220,23 @@ func TestPipelineErrorsOnly(t *testing.T) {
 		t.Fatalf("--errors kept:\n%s", out)
 	}
 }
+
+func TestParseListenersHookKind(t *testing.T) {
+	c, err := ParseListeners([]string{"--hook-kind", "raw_tp", "--port", "80"})
+	if err != nil || c.HookKind != "raw_tp" || len(c.Ports) != 1 {
+		t.Fatalf("ParseListeners: %+v, %v", c, err)
+	}
+	for _, args := range [][]string{{"--hook-kind", "uprobe"}, {"--bogus"}, {"extra"}} {
+		var ue *UsageError
+		if _, err := ParseListeners(args); !errors.As(err, &ue) {
+			t.Errorf("ParseListeners(%v) = %v, want a usage error", args, err)
+		}
+	}
+	var out, errb bytes.Buffer
+	if err := Run(t.Context(), []string{"listeners", "-h"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "--port") || strings.Contains(out.String(), "--hook-kind") {
+		t.Errorf("listeners help: want --port and not the hidden --hook-kind:\n%s", out.String())
+	}
+}

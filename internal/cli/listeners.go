@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/pflag"
 
@@ -25,6 +26,8 @@ type ListenersConfig struct {
 	Ports   []uint16
 	Verbose bool
 	Help    bool
+	// HookKind forces a hook kind, as for the main command (hidden; for tests).
+	HookKind string
 }
 
 func newListenersFlags(c *ListenersConfig, raw *rawFlags) *pflag.FlagSet {
@@ -37,6 +40,8 @@ func newListenersFlags(c *ListenersConfig, raw *rawFlags) *pflag.FlagSet {
 	fs.StringSliceVar(&raw.ports, "port", nil, "only listeners on these ports")
 	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached")
 	fs.BoolVarP(&c.Help, "help", "h", false, "show this help")
+	fs.StringVar(&c.HookKind, "hook-kind", "", "force this kind of hook wherever a feature has one: "+strings.Join(tracer.HookKinds, ", "))
+	fs.MarkHidden("hook-kind")
 	return fs
 }
 
@@ -53,6 +58,9 @@ func ParseListeners(args []string) (*ListenersConfig, error) {
 	}
 	if fs.NArg() > 0 {
 		return nil, usagef("listeners: unexpected argument %q", fs.Arg(0))
+	}
+	if c.HookKind != "" && !contains(tracer.HookKinds, c.HookKind) {
+		return nil, usagef("listeners: invalid --hook-kind %q: want one of %s", c.HookKind, strings.Join(tracer.HookKinds, ", "))
 	}
 	var err error
 	if c.Output, c.PIDs, c.Ports, err = raw.common(); err != nil {
@@ -79,7 +87,7 @@ Flags:
 %s`, newListenersFlags(&c, &raw).FlagUsages())
 		return nil
 	}
-	tr, err := openTracer(tracer.Options{}, cfg.Verbose, stderr)
+	tr, err := openTracer(tracer.Options{HookKind: cfg.HookKind}, cfg.Verbose, stderr)
 	if err != nil {
 		return err
 	}
@@ -96,7 +104,7 @@ Flags:
 		}
 	})
 	if errors.Is(err, tracer.ErrNoListenerWalk) {
-		return fmt.Errorf("this kernel cannot walk listeners (needs BPF map iterators, Linux 5.9+)")
+		return fmt.Errorf("this kernel cannot walk listeners: it refused BPF map iterators (5.9+) and bpf_for_each_map_elem programs (5.13+); tcptrace listeners -v says why")
 	} else if err != nil {
 		return err
 	}
