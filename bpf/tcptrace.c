@@ -1515,13 +1515,14 @@ int BPF_PROG(reset_raw_reason, const struct sock *sk, const struct sk_buff *skb,
 }
 
 /*
- * Kernels whose tcp_send_reset has no reason fire it from tcp_v4/v6_send_reset
- * only for a full socket. The other resets those functions send (for a
- * segment no socket took, as to a closed port, or one a timewait or request
- * socket answers) are watched at the functions themselves where the kernel
- * can hook them: fentry, else kprobe. They return sending nothing in reply to
- * a reset, and, with no socket, for a segment not addressed to this host
- * (nor when a TCP-MD5 signature fails to match: not told apart here).
+ * Before tcp_send_reset became an event of its own (6.10, with the reason),
+ * tcp_v4/v6_send_reset fired it only for a full socket. The other resets
+ * those functions send (for a segment no socket took, as to a closed port,
+ * or one a timewait or request socket answers) are watched at the functions
+ * themselves where the kernel can hook them: fentry, else kprobe. They
+ * return sending nothing in reply to a reset, and, with no socket, for a
+ * segment not addressed to this host (nor when a TCP-MD5 signature fails to
+ * match: not told apart here).
  */
 #define RTN_LOCAL 2
 #define RTF_LOCAL 0x80000000
