@@ -131,9 +131,10 @@ func waitUnread(c *net.TCPConn) error {
 // socket or owner. Kernels whose tracepoint passes no reason fire it for
 // full sockets only: there those two come from tcp_v4_send_reset() (fentry,
 // or a forced kprobe where the kernel has kprobes), and from the tracepoint
-// alone they are missing, as the hook says ("full sockets only"). The kernel's reason is there where the
-// hook says "(reason)". Their number matches the namespace's OutRsts; on
-// every hook path at once; --pid of another process gets none.
+// alone they are missing, as the hook says ("full sockets only"). The
+// kernel's reason is there where the hook says "(reason)". Their number
+// matches the namespace's OutRsts; on every hook path at once; --pid of
+// another process gets none.
 func TestResetsSent(t *testing.T) {
 	needRoot(t)
 	const port = 7071
