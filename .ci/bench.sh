@@ -7,7 +7,9 @@
 #    per connection + 2 per storm, cross-checked by a bpftrace count(). One
 #    table: rate kept, events delivered, lost, runs the kernel skipped,
 #    tracer CPU per million events, peak RSS, event age (tcptrace -v); then
-#    the cost of each of tcptrace's BPF programs (kernel.bpf_stats_enabled).
+#    the cost of each of tcptrace's BPF programs (kernel.bpf_stats_enabled);
+#    last, tcptrace and a bpftrace count() through the same storms, which
+#    tells a change the tracepoint never reported from one tcptrace missed.
 # B: 100,000 sockets in CLOSE_WAIT over several processes; times
 #    `tcptrace closewait --once` beside `ss -tanp state close-wait`.
 #
@@ -16,6 +18,7 @@
 #   BENCH_CONNS (20000) BENCH_CLIENTS (8) BENCH_ROUNDS (3 storms per tracer)
 #   BENCH_PORT (7777) BENCH_LEAK_SOCKETS (100000) BENCH_LEAK_PROCS (6)
 #   BENCH_PARTS ("storm closewait") BENCH_BPF_STATS (1: the per-program pass)
+#   BENCH_CROSSCHECK (1: tcptrace beside a bpftrace count(), whose misses are whose)
 #   BENCH_KEEP=1 keeps the work directory and the tracers' output.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -297,38 +300,52 @@ part_storm() {
 		MOUNTED_TRACEFS=1
 	fi
 
-	say "untraced"
-	storms untraced
-	local base=("${RATES[@]}")
-	traced truth perf counts_truth bpftrace -e "tracepoint:sock:inet_sock_set_state
+	# The untraced rate drifts on a shared VM (by a third over minutes): each
+	# tracer's share is taken against untraced storms just before and after it.
+	local all_base=() prev_base=() label_n=0
+	untraced_block() { # storms with no tracer; sets prev_base
+		say "untraced"
+		storms "untraced-$label_n"
+		label_n=$((label_n + 1))
+		prev_base=("${RATES[@]}")
+		all_base+=("${RATES[@]}")
+	}
+	declare -gA BASE
+	traced_between() { # traced_between NAME READY COUNTS CMD...: then an untraced block
+		local before=("${prev_base[@]}")
+		traced "$@"
+		untraced_block
+		BASE[$1]=$(median "${before[@]}" "${prev_base[@]}")
+	}
+	untraced_block
+	traced_between truth perf counts_truth bpftrace -e "tracepoint:sock:inet_sock_set_state
 		/args->sport == $PORT || args->dport == $PORT/ { @n = count(); }"
 	# Exact by construction (every connection completed, nothing retransmitted):
 	# the kernel count is a cross-check, itself subject to skipped runs.
 	if [[ ${EV[truth]} != "$truth" ]]; then
 		say "warning: bpftrace count() saw ${EV[truth]:-?} state changes, not $truth (10 per connection + 2; it skipped ${SKIP[truth]})"
 	fi
-	traced tcptrace-json tcptrace counts_tcptrace "$W/tcptrace" -o json -v
-	OUT=/dev/null traced tcptrace-text tcptrace counts_tcptrace "$W/tcptrace" -v
-	traced tcpstates perf counts_tcpstates "$TCPSTATES"
-	traced bpftrace perf counts_bpftrace bpftrace -e 'tracepoint:sock:inet_sock_set_state {
+	traced_between tcptrace-json tcptrace counts_tcptrace "$W/tcptrace" -o json -v
+	OUT=/dev/null traced_between tcptrace-text tcptrace counts_tcptrace "$W/tcptrace" -v
+	traced_between tcpstates perf counts_tcpstates "$TCPSTATES"
+	traced_between bpftrace perf counts_bpftrace bpftrace -e 'tracepoint:sock:inet_sock_set_state {
 		printf("%d %s:%d %s:%d %d %d %s\n", pid, ntop(args->saddr), args->sport,
 		       ntop(args->daddr), args->dport, args->oldstate, args->newstate, comm); }'
-	say "untraced, again (drift check)"
-	storms untraced-end
-	base+=("${RATES[@]}")
 
 	local b n
-	b=$(median "${base[@]}")
-	kept() { awk -v r="$1" -v b="$b" 'BEGIN {printf "%.0f%%", 100 * r / b}'; }
+	b=$(median "${all_base[@]}")
+	kept() { awk -v r="${RATE[$1]}" -v b="${BASE[$1]}" 'BEGIN {printf "%.0f%%", 100 * r / b}'; }
 	echo
 	echo "A. Connection storm: $ROUNDS storms x $CONNS short connections per run, $CLIENTS clients, loopback,"
 	echo "   each storm in a fresh netns; $truth state changes per run (10 per connection, 2 per listener)."
+	echo "   kept: median storm against the median of the untraced storms just before and after the run"
+	echo "   (the untraced row: all ${#all_base[@]} of them, one block before the first run and one after each);"
 	echo "   conn/s: median storm; storm evs: lines for the storm's port; written: all lines (all ports,"
 	echo "   the host's other traffic too); CPU: the tracer's utime+stime from the first storm to its exit,"
 	echo "   per million lines written; RSS: peak (VmHWM) over its whole life; lost: as the tracer reports"
 	echo "   it (buffer full); skipped: runs of its BPF programs the kernel skipped (recursion) that no other program recorded."
 	row "run" "conn/s" "(min-max)" "kept" "storm evs/truth" "lost" "skipped" "written" "CPU s" "CPU-s/M" "RSS MB" "event age p50/p99"
-	row "untraced (before+after)" "$b" "$(span "${base[@]}")" "100%" "-" "-" "-" "-" "-" "-" "-" "-"
+	row "untraced (all blocks)" "$b" "$(span "${all_base[@]}")" "100%" "-" "-" "-" "-" "-" "-" "-" "-"
 	for n in truth tcptrace-json tcptrace-text tcpstates bpftrace; do
 		local label=$n ev=${EV[$n]}/$truth age=-
 		case $n in
@@ -338,9 +355,12 @@ part_storm() {
 		tcpstates) label="tcpstates (libbpf-tools)" ;;
 		bpftrace) label="bpftrace printf" ;;
 		esac
-		row "$label" "${RATE[$n]}" "${SPAN[$n]}" "$(kept "${RATE[$n]}")" "$ev" "${LOST[$n]:-?}" "${SKIP[$n]}" "${ALL[$n]:-?}" \
+		row "$label" "${RATE[$n]}" "${SPAN[$n]}" "$(kept "$n")" "$ev" "${LOST[$n]:-?}" "${SKIP[$n]}" "${ALL[$n]:-?}" \
 			"${CPUS[$n]}" "$(per_m "${CPUS[$n]}" "${ALL[$n]}")" "${RSS[$n]}" "$age"
 	done
+	printf '   untraced storms around each run (median, conn/s):'
+	for n in truth tcptrace-json tcptrace-text tcpstates bpftrace; do printf ' %s %s' "$n" "${BASE[$n]}"; done
+	echo
 	echo
 	echo "   Output to a file, and what writing those bytes alone costs here (dd copying the file to a new one):"
 	for n in tcptrace-json tcpstates bpftrace; do
@@ -351,13 +371,14 @@ part_storm() {
 	echo
 
 	if [[ ${BENCH_BPF_STATS:-1} == 1 ]]; then bpf_profile "$b"; fi
+	if [[ ${BENCH_CROSSCHECK:-1} == 1 ]]; then crosscheck "$truth"; fi
 
 	# The tcptrace targets (README / issue), for the JSON and the text run alike.
 	local j=tcptrace-json t=tcptrace-text ok
 	check "every event of the storm delivered, 0 lost (json: ${EV[$j]}/$truth, lost ${LOST[$j]:-?}, skipped ${SKIP[$j]}, sockets with gaps ${GAPS[$j]:-?}; text: lost ${LOST[$t]:-?}, skipped ${SKIP[$t]}, sockets with gaps ${GAPS[$t]:-?})" \
 		$((${EV[$j]:-0} == truth && ${LOST[$j]:-1} == 0 && ${LOST[$t]:-1} == 0 && ${SKIP[$j]:-1} == 0 && ${SKIP[$t]:-1} == 0))
-	ok=$(awk -v j="${RATE[$j]}" -v t="${RATE[$t]}" -v b="$b" 'BEGIN {ok = j >= 0.9 * b && t >= 0.9 * b; print ok}')
-	check "workload keeps >= 90% of its untraced rate (json $(kept "${RATE[$j]}"), text $(kept "${RATE[$t]}"))" "$ok"
+	ok=$(awk -v j="${RATE[$j]}" -v t="${RATE[$t]}" -v bj="${BASE[$j]}" -v bt="${BASE[$t]}" 'BEGIN {ok = j >= 0.9 * bj && t >= 0.9 * bt; print ok}')
+	check "workload keeps >= 90% of its untraced rate (json $(kept "$j"), text $(kept "$t"))" "$ok"
 	local cj ct
 	cj=$(per_m "${CPUS[$j]}" "${ALL[$j]}") ct=$(per_m "${CPUS[$t]}" "${ALL[$t]}")
 	ok=$(awk -v a="$cj" -v b="$ct" 'BEGIN {ok = a <= 0.5 && b <= 0.5; print ok}')
@@ -365,6 +386,41 @@ part_storm() {
 	ok=$(awk -v a="${RSS[$j]}" -v b="${RSS[$t]}" 'BEGIN {ok = a <= 64 && b <= 64; print ok}')
 	check "peak RSS <= 64 MB (json ${RSS[$j]}, text ${RSS[$t]})" "$ok"
 	check "p99 event age <= 50 ms (json: p99 <= ${AGE99[$j]:-?}, the top of its histogram bucket)" "$(dur_le "${AGE99[$j]:-1h}" 0.05)"
+	if [[ -n ${XMISS:-} ]]; then
+		check "every change the tracepoint reported delivered (beside a bpftrace count(): tcptrace missed $XMISS, the tracepoint did not report $XUNREP)" \
+			$((XMISS <= XUNREP))
+	fi
+	echo
+}
+
+# Whom a missing state change is on: tcptrace (JSON to a file) and the
+# bpftrace count() run together through the same storms, so a change that
+# neither saw is the tracepoint's, not tcptrace's. (On the 6.18 VM of
+# 2026-12-07 the tracepoint reported nothing, to any program, for some
+# orphaned client sockets' FIN_WAIT1 -> FIN_WAIT2 -> CLOSE: both tools came
+# up short by the same count, which tcptrace reports as sockets with gaps.)
+# $1: the storms' true number of changes. Sets XMISS and XUNREP.
+crosscheck() {
+	local truth=$1 bt_pid bt_time bt_base tt_ev tt_gaps bt_n bt_skip
+	say "cross-check: tcptrace and a bpftrace count() together"
+	start_tracer xtruth perf bpftrace -e "tracepoint:sock:inet_sock_set_state
+		/args->sport == $PORT || args->dport == $PORT/ { @n = count(); }"
+	bt_pid=$TPID bt_time=$TIMEPID bt_base=$BASE_TICKS
+	start_tracer xcheck tcptrace "$W/tcptrace" -o json -v
+	storms xcheck
+	stop_tracer xcheck
+	tt_ev=$(grep -cE "^\{\"type\":\"state\".*\"(lport|rport)\":$PORT," "$W/xcheck.out" || true)
+	tt_gaps=$(sed -n 's/^tcptrace: .* lost, \([0-9]*\) sockets with gaps.*/\1/p' "$W/xcheck.err")
+	if [[ ${BENCH_KEEP:-0} != 1 ]]; then rm -f "$W/xcheck.out"; fi
+	TPID=$bt_pid TIMEPID=$bt_time BASE_TICKS=$bt_base
+	stop_tracer xtruth
+	bt_skip=$MISSED
+	bt_n=$(sed -n 's/^@n: \([0-9]*\)/\1/p' "$W/xtruth.out")
+	XMISS=$((truth - tt_ev)) XUNREP=$((truth - ${bt_n:-0} - ${bt_skip:-0}))
+	echo "   Cross-check, the same $ROUNDS storms under both (${RATES[*]} conn/s): tcptrace -o json wrote $tt_ev of $truth"
+	echo "   (sockets with gaps: ${tt_gaps:-?}); a bpftrace count() counted ${bt_n:-?} and skipped $bt_skip (recursion),"
+	echo "   so the tracepoint reported $((${bt_n:-0} + ${bt_skip:-0})): changes it never reported to any program: $XUNREP;"
+	echo "   tcptrace missed $XMISS."
 	echo
 }
 
