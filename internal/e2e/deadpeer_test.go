@@ -27,6 +27,9 @@ import (
 // never completes: its SYN is retransmitted until TCP_SYNCNT 1 gives up (twice
 // on 6.18: the test counts, it does not assume) and the server's SYN-ACK
 // until the request expires (see TestHandshakeRetransmits).
+// "open" makes a "stalled" connection but only says "open PORT"; "stall"
+// writes on the oldest one opened, as "stalled" does, and says what
+// "stalled" says: a connection made before the tracer starts.
 // It says "KIND PORT ERRNO RETRANS": the client's local port, what its read
 // got, and the segments it retransmitted (TCP_INFO's total_retrans, read
 // once the socket is closed); "blackhole" says "KIND PORT ERRNO", its
@@ -42,6 +45,7 @@ func runDeadPeer(in *bufio.Reader, addr string) error {
 		return err
 	}
 	defer ln.Close()
+	var opened []*net.TCPConn
 	for {
 		line, err := in.ReadString('\n')
 		if err != nil {
@@ -57,29 +61,29 @@ func runDeadPeer(in *bufio.Reader, addr string) error {
 			}
 			continue
 		}
-		if kind != "keepalive" && kind != "stalled" {
+		var c *net.TCPConn
+		switch kind {
+		case "keepalive", "stalled", "open":
+			var sc net.Conn
+			if c, sc, err = deadPeerConn(ln, addr, kind == "keepalive"); err != nil {
+				return err
+			}
+			defer c.Close()
+			defer sc.Close() // also keeps it from the collector, which would close it
+		case "stall":
+			if len(opened) == 0 {
+				return errors.New("deadpeer: stall: no connection opened")
+			}
+			c, opened = opened[0], opened[1:]
+		default:
 			return fmt.Errorf("deadpeer: unknown command %q", kind)
 		}
-		d := net.Dialer{KeepAlive: -1}
-		if kind == "keepalive" {
-			d.KeepAlive = 0
-			d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 2}
+		if kind == "open" {
+			opened = append(opened, c)
+			fmt.Printf("open %d\n", c.LocalAddr().(*net.TCPAddr).Port)
+			continue
 		}
-		cc, err := d.Dial("tcp4", addr)
-		if err != nil {
-			return err
-		}
-		c := cc.(*net.TCPConn)
-		defer c.Close()
-		sc, err := ln.Accept()
-		if err != nil {
-			return err
-		}
-		defer sc.Close()
-		if err := control(sc.(*net.TCPConn), dropAll); err != nil {
-			return fmt.Errorf("attach the drop filter: %w", err)
-		}
-		if kind == "stalled" {
+		if kind == "stalled" || kind == "stall" {
 			if err := control(c, func(fd int) error {
 				return unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 1500)
 			}); err != nil {
@@ -105,6 +109,33 @@ func runDeadPeer(in *bufio.Reader, addr string) error {
 		}
 		fmt.Printf("%s %d %s %d\n", kind, c.LocalAddr().(*net.TCPAddr).Port, name, info.Total_retrans)
 	}
+}
+
+// deadPeerConn connects to ln at addr, with keepalive probes after 1 s, 1 s
+// apart, 2 of them, if keepalive, and makes the server's end drop all it
+// receives. It returns both ends.
+func deadPeerConn(ln net.Listener, addr string, keepalive bool) (*net.TCPConn, net.Conn, error) {
+	d := net.Dialer{KeepAlive: -1}
+	if keepalive {
+		d.KeepAlive = 0
+		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: time.Second, Interval: time.Second, Count: 2}
+	}
+	cc, err := d.Dial("tcp4", addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	c := cc.(*net.TCPConn)
+	sc, err := ln.Accept()
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	if err := control(sc.(*net.TCPConn), dropAll); err != nil {
+		c.Close()
+		sc.Close()
+		return nil, nil, fmt.Errorf("attach the drop filter: %w", err)
+	}
+	return c, sc, nil
 }
 
 // dropAll makes the socket fd drop every packet that reaches it (a classic
@@ -380,5 +411,113 @@ func TestHandshakeRetransmits(t *testing.T) {
 	}
 	if rs := other.records("retransmit", ns); len(rs) != 0 {
 		t.Errorf("--pid 1: %d retransmit records of the workload's sockets:\n%s", len(rs), dump(rs))
+	}
+}
+
+// TestRetransmitsOfOlderConnection: tcptrace started in the middle of an
+// incident. A connection made before it starts, whose peer then goes silent:
+// each retransmission, and the change into CLOSE when TCP_USER_TIMEOUT runs
+// out, name the connection's owner, which only the start-up scan can know
+// (no earlier change of it was seen). Ground truth: the client's TCP_INFO
+// and the namespace's RetransSegs. On every hook path at once.
+func TestRetransmitsOfOlderConnection(t *testing.T) {
+	needRoot(t)
+	const port = 7063
+	ns := newNetNS(t)
+	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
+	exited := false
+	defer func() {
+		if !exited {
+			w.send("exit")
+			w.wait()
+		}
+	}()
+	// Three, made before any tracer: as in TestDeadPeer, a connection whose
+	// timeout no tracer got (the known defect) is followed by the next.
+	const tries = 3
+	for range tries {
+		w.send("open")
+		w.expectWithin("open", 10*time.Second)
+	}
+	tracers := startTracerPerHook(t, "--events", "states,retransmits", "--state", "CLOSE")
+	before := nsCounters(t, ns)
+
+	var lport uint16
+	var retrans, total uint64
+	for try := 1; ; try++ {
+		w.send("stall")
+		fs := strings.Fields(w.expectWithin("stall", 30*time.Second))
+		if len(fs) != 3 || fs[1] != "ETIMEDOUT" || fs[2] == "0" {
+			t.Fatalf("the client got %q, want ETIMEDOUT after retransmissions: the workload did not do what the test needs", fs)
+		}
+		p, err := strconv.ParseUint(fs[0], 10, 16)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if retrans, err = strconv.ParseUint(fs[2], 10, 32); err != nil {
+			t.Fatal(err)
+		}
+		total += retrans
+		lport = uint16(p)
+		closed := func(tr *tracerProc) bool {
+			return slices.ContainsFunc(tr.states(ns), func(r record) bool { return r.LPort == lport && r.RPort == port })
+		}
+		seen := false
+		for deadline := time.Now().Add(5 * time.Second); !seen && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			for _, tr := range tracers {
+				seen = seen || closed(tr)
+			}
+		}
+		if seen {
+			break
+		}
+		if try == tries {
+			t.Fatalf("no tracer got the change into CLOSE of any of %d connections that timed out", tries)
+		}
+		t.Logf("no tracer got the change into CLOSE of port %d; the next connection", lport)
+	}
+	// Those stalled before count too; those never used sent nothing.
+	after := nsCounters(t, ns)
+	grew := after["RetransSegs"] - before["RetransSegs"]
+	for i := len(hookKinds) - 1; i >= 0; i-- {
+		tracers[hookKinds[i]].stopClean()
+	}
+	w.send("exit")
+	w.wait()
+	exited = true
+
+	for _, kind := range hookKinds {
+		tr := tracers[kind]
+		var closes, rs []record
+		for _, r := range tr.states(ns) {
+			if r.LPort == lport && r.RPort == port {
+				closes = append(closes, r)
+			}
+		}
+		for _, r := range tr.records("retransmit", ns) {
+			if r.LPort == lport && r.RPort == port {
+				rs = append(rs, r)
+			}
+		}
+		if len(closes) == 0 {
+			// This tracer missed it where another did not: only that change's
+			// run can have been the defect's; the retransmissions still count.
+			t.Logf("%s: no change into CLOSE of port %d", kind, lport)
+		} else if r := closes[0]; len(closes) != 1 || r.OldState != "ESTABLISHED" || r.Error == nil || *r.Error != "ETIMEDOUT" ||
+			r.Retrans == nil || uint64(*r.Retrans) != retrans || r.PID != w.pid() || r.Comm == "" {
+			t.Errorf("%s: %d changes into CLOSE, first %s; want one, ESTABLISHED -> CLOSE, ETIMEDOUT, %d retransmitted, owner %d",
+				kind, len(closes), r, retrans, w.pid())
+		}
+		if uint64(len(rs)) != retrans {
+			t.Errorf("%s: %d retransmit records of port %d, its TCP_INFO says %d:\n%s", kind, len(rs), lport, retrans, dump(rs))
+		}
+		for i, r := range rs {
+			if r.State != "ESTABLISHED" || r.Retrans == nil || *r.Retrans != uint32(i+1) || r.PID != w.pid() || r.Comm == "" {
+				t.Errorf("%s: retransmission %d: %s, want ESTABLISHED, retrans %d, owner %d", kind, i+1, r, i+1, w.pid())
+			}
+		}
+	}
+	if grew != total {
+		t.Errorf("RetransSegs grew by %d, the clients' TCP_INFO says %d", grew, total)
 	}
 }
