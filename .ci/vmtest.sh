@@ -214,7 +214,8 @@ fi
 # dropHookRuns in internal/e2e). Passed to the guest's environment.
 # 6.1's tcp_v4_syn_recv_sock takes 7 arguments, more than its x86 BPF
 # trampolines take (fentry attach: "not supported"), so it falls back to kprobes.
-declare -A drop_hooks=([5.10]=fentry,kprobe [6.1]=kprobe [6.12]=fentry,kprobe)
+# 6.12 also has tp_btf/consume_skb with its caller (6.3+) for the SYNs.
+declare -A drop_hooks=([5.10]=fentry,kprobe [6.1]=kprobe [6.12]=fentry,kprobe,tp_btf)
 
 # boot LABEL: run one VM and write "RESULT SECONDS" to $cache/<release>.result.
 boot() {

@@ -139,7 +139,12 @@ struct sk_buff {
 	unsigned long _skb_refdst; /* the route it took in, its low bit a flag */
 } __attribute__((preserve_access_index));
 
-/* An incoming segment's route: whether it was addressed to this host. */
+/* An incoming segment's route: its device (the namespace it came into, where
+ * skb->dev is gone) and whether it was addressed to this host. */
+struct dst_entry {
+	struct net_device *dev;
+} __attribute__((preserve_access_index));
+
 struct rtable {
 	__u16 rt_type;
 } __attribute__((preserve_access_index));

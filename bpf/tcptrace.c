@@ -100,6 +100,15 @@ struct {
 	__type(value, struct owner);
 } listeners SEC(".maps");
 
+/* The listening socket at each port, for a packet that names only the port
+ * (syn_consumed); kept with listen_drops' entries (watch_listener). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct listen_key);
+	__type(value, __u64);
+} listen_socks SEC(".maps");
+
 /* When each process last forked a new process or exec'd (either may change
  * who holds its sockets, or its name), and when it exited: one map, so a state
  * change pays one lookup for both. */
@@ -502,6 +511,9 @@ static __always_inline void watch_listener(const struct sock *sk)
 	__u64 skaddr = (__u64)sk;
 	struct listen_count lc = { .seen = BPF_CORE_READ(sk, sk_drops.counter) };
 	bpf_map_update_elem(&listen_drops, &skaddr, &lc, BPF_NOEXIST);
+	struct listen_key lk = { .netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
+				 .port = local_port(sk, false) };
+	bpf_map_update_elem(&listen_socks, &lk, &skaddr, BPF_ANY);
 }
 
 /* Report what sk_drops counted beyond seen, the part already reported. */
@@ -582,6 +594,9 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 		watch_listener(sk);
 	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		bpf_map_delete_elem(&listeners, &lk);
+		__u64 *ls = bpf_map_lookup_elem(&listen_socks, &lk);
+		if (ls && *ls == skaddr)
+			bpf_map_delete_elem(&listen_socks, &lk);
 		/* The last drops since the previous poll must not go with it. */
 		struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
 		if (lc)
@@ -1691,6 +1706,71 @@ SEC("kretprobe/tcp_v4_syn_recv_sock")
 int BPF_KRETPROBE(ack_kretprobe, struct sock *ret)
 {
 	return watch_exit(WATCH_ACK, !ret, DROP_ACK);
+}
+
+/*
+ * Where neither fentry nor kprobes exist: a SYN that tcp_conn_request()
+ * dropped for a full queue fires no tracepoint of its own (it counts in
+ * sk_drops, and its caller frees it as consumed), but consume_skb() says
+ * where it was called from (6.3+). A SYN consumed by tcp_rcv_state_process()
+ * at a listener whose queue is full, while the listener's sk_drops is ahead
+ * of what was reported, is that drop: it names the client. The loader sets
+ * the function's code range (kallsyms); 0 matches nothing. The listener comes
+ * from the packet's port in its route's namespace.
+ */
+volatile __u64 rcv_state_lo, rcv_state_hi;
+
+/* 6.2+, and only this 6.3+ program uses it: a kernel pointer read with plain
+ * loads (the verifier guards them) rather than a helper call per field. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+#define TCP_FLAG_BYTE_SYN 0x02
+#define TCP_FLAG_BYTE_RST 0x04
+#define TCP_FLAG_BYTE_ACK 0x10
+
+SEC("tp_btf/consume_skb")
+int BPF_PROG(syn_consumed, struct sk_buff *skb, void *location)
+{
+	__u64 at = (__u64)location;
+	if (at < rcv_state_lo || at >= rcv_state_hi)
+		return 0;
+	/* skb is typed here: its fields are plain loads. */
+	__u16 th = skb->transport_header;
+	if (th == (__u16)~0U)
+		return 0;
+	__u8 hdr[14]; /* the TCP header up to its flags */
+	if (bpf_probe_read_kernel(hdr, sizeof(hdr), skb->head + th))
+		return 0;
+	if ((hdr[13] & (TCP_FLAG_BYTE_SYN | TCP_FLAG_BYTE_ACK | TCP_FLAG_BYTE_RST)) != TCP_FLAG_BYTE_SYN)
+		return 0;
+	/* TCP has let go of skb->dev by now; the route it came in by has one. */
+	unsigned long refdst = skb->_skb_refdst & ~1UL;
+	if (!refdst)
+		return 0;
+	const struct dst_entry *dst = bpf_rdonly_cast((void *)refdst, bpf_core_type_id_kernel(struct dst_entry));
+	const struct net_device *dev = dst->dev;
+	if (!dev)
+		return 0;
+	struct listen_key lk = { .netns = dev->nd_net.net->ns.inum, .port = (__u16)hdr[2] << 8 | hdr[3] };
+	__u64 *ls = bpf_map_lookup_elem(&listen_socks, &lk);
+	if (!ls)
+		return 0;
+	__u64 skaddr = *ls;
+	const struct sock *sk = bpf_rdonly_cast((void *)skaddr, bpf_core_type_id_kernel(struct sock));
+	const struct inet_connection_sock *icsk =
+		bpf_rdonly_cast((void *)skaddr, bpf_core_type_id_kernel(struct inet_connection_sock));
+	if (sk->__sk_common.skc_state != TCP_LISTEN)
+		return 0;
+	/* tcp_conn_request()'s checks: a full SYN queue (without syncookies:
+	 * sk_drops tells) or a full accept queue. */
+	__u32 max = sk->sk_max_ack_backlog;
+	if (sk->sk_ack_backlog <= max && icsk->icsk_accept_queue.qlen.counter < max)
+		return 0;
+	struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
+	if (!lc || (__s32)(sk->sk_drops.counter - lc->seen) <= 0)
+		return 0;
+	report_packet((const struct sock *)skaddr, skb, DROP_SYN, 0, 1);
+	return 0;
 }
 
 /*

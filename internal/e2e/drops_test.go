@@ -118,7 +118,7 @@ func dropHookRuns() []string {
 
 // startDropTracer starts tcptrace for drops on the i-th hook kind of kinds
 // and checks -v names a hook of that kind for the per-packet drops. It
-// returns the kind that is active.
+// returns the hook that is active, as -v names it.
 func startDropTracer(t *testing.T, kinds []string, i int) (*tracerProc, string) {
 	t.Helper()
 	args := []string{"--events", "drops", "-v"}
@@ -126,15 +126,16 @@ func startDropTracer(t *testing.T, kinds []string, i int) (*tracerProc, string) 
 		args = append(args, "--hook-kind", kinds[i])
 	}
 	tr := startTracer(t, args...)
-	active := ""
+	active, kind := "", ""
 	for _, line := range strings.Split(tr.stderrText(), "\n") {
 		if h, ok := strings.CutPrefix(line, "tcptrace: hook: dropped clients: "); ok && strings.HasSuffix(h, " (active)") {
-			active, _, _ = strings.Cut(h, "/")
-			active, _, _ = strings.Cut(active, "+")
+			active = strings.TrimSuffix(h, " (active)")
+			kind, _, _ = strings.Cut(active, "/")
+			kind, _, _ = strings.Cut(kind, "+")
 		}
 	}
 	t.Logf("per-packet drops via %q", active)
-	if kinds[i] != "" && active != kinds[i] {
+	if kinds[i] != "" && kind != kinds[i] {
 		t.Fatalf("per-packet drops: want a %s hook active:\n%s", kinds[i], tr.stderrText())
 	}
 	return tr, active
@@ -151,18 +152,26 @@ func hookRunName(kind string) string {
 func perPacket(r record) bool { return r.RAddr != "" }
 
 // perPacketFloor is how many of n drops must come one per packet, with the
-// client, on the active hook kind: all on fentry; on kprobes nearly all (the
-// kernel skips a kprobe's program while another kprobe-type program or a BPF
-// syscall holds that CPU, bpf_prog_active, and such a drop comes counted);
-// none where only counters and kfree_skb see them.
-func perPacketFloor(active string, n uint64) uint64 {
-	switch active {
-	case "fentry":
-		return n
-	case "kprobe":
-		return n * 9 / 10
+// client, on the active hook (as -v names it), and whether final ACKs are
+// among them: all on fentry; on kprobes nearly all (the kernel skips a
+// kprobe's program while another kprobe-type program or a BPF syscall holds
+// that CPU, bpf_prog_active, and such a drop comes counted); by consume_skb,
+// nearly all SYNs (a listener walk between a drop and its SYN's consume_skb
+// counts it), and the final ACKs only where kfree_skb names them too; none
+// where only counters and kfree_skb see them.
+func perPacketFloor(active string, n uint64) (floor uint64, acks bool) {
+	switch {
+	case strings.HasPrefix(active, "fentry"):
+		return n, true
+	case strings.HasPrefix(active, "kprobe"):
+		return n * 9 / 10, true
+	case strings.Contains(active, "consume_skb") && strings.Contains(active, "kfree_skb"):
+		return n * 9 / 10, true
+	case strings.Contains(active, "consume_skb"):
+		// The final ACKs' drops (a few of the accept queue's) come counted.
+		return n * 4 / 5, false
 	}
-	return 0
+	return 0, false
 }
 
 // listenDrops keeps the drop records of listeners: other TCP drops (no queue
@@ -181,8 +190,9 @@ func listenDrops(rs []record) []record {
 // TestDropsAcceptQueueFull: a listener with backlog 1 that never accepts,
 // overflowed for a few seconds. The drop records add up exactly to the
 // namespace's ListenDrops and name the listener's process. Per packet, with
-// the dropped client: every SYN and final ACK where fentry or kprobes exist,
-// the final ACKs where kfree_skb reports TCP_LISTEN_OVERFLOW.
+// the dropped client: every SYN and final ACK where fentry or kprobes exist;
+// else the SYNs by consume_skb (6.3+) and the final ACKs where kfree_skb
+// reports TCP_LISTEN_OVERFLOW (6.15+).
 func TestDropsAcceptQueueFull(t *testing.T) {
 	needRoot(t)
 	kinds := dropHookRuns()
@@ -229,12 +239,12 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 			if sum != truth {
 				t.Fatalf("drop records sum to %d, the kernel counted %d", sum, truth)
 			}
-			switch want := perPacketFloor(active, truth); {
+			switch want, wantACKs := perPacketFloor(active, truth); {
 			case want > 0:
 				// Every drop is one SYN or one final ACK, seen as it happens.
-				if uint64(len(packets)) < want || len(acks) == 0 {
-					t.Fatalf("%d per-packet records (%d final ACKs) for %d drops: want at least %d, ACKs included",
-						len(packets), len(acks), truth, want)
+				if uint64(len(packets)) < want || (wantACKs && len(acks) == 0) {
+					t.Fatalf("%d per-packet records (%d final ACKs) for %d drops: want at least %d, ACKs included: %v",
+						len(packets), len(acks), truth, want, wantACKs)
 				}
 			case kernelHasReason(t, "TCP_LISTEN_OVERFLOW"):
 				if len(acks) == 0 {
@@ -248,7 +258,8 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 // TestDropsSynQueueFull: with syncookies off, a burst of handshakes that do
 // not complete fills the SYN queue; the drops named syn_queue_full add up to
 // the namespace's TCPReqQFullDrop, and all drops to its ListenDrops. Where
-// fentry or kprobes exist, each dropped SYN comes with its client.
+// fentry or kprobes exist, or consume_skb says its caller (6.3+), each
+// dropped SYN comes with its client.
 func TestDropsSynQueueFull(t *testing.T) {
 	needRoot(t)
 	kinds := dropHookRuns()
@@ -294,7 +305,7 @@ func TestDropsSynQueueFull(t *testing.T) {
 			if sum != truth || sumQ != truthQ {
 				t.Fatalf("records: %d drops (%d syn_queue_full); the kernel counted %d (%d TCPReqQFullDrop)", sum, sumQ, truth, truthQ)
 			}
-			if want := perPacketFloor(active, truthQ); packetsQ < want {
+			if want, _ := perPacketFloor(active, truthQ); packetsQ < want {
 				t.Fatalf("%d dropped SYNs came with their client, of %d: want at least %d", packetsQ, truthQ, want)
 			}
 		})

@@ -216,6 +216,7 @@ const (
 	tcptraceMapFilterPorts       = "filter_ports"
 	tcptraceMapGaps              = "gaps"
 	tcptraceMapListenDrops       = "listen_drops"
+	tcptraceMapListenSocks       = "listen_socks"
 	tcptraceMapListenerRows      = "listener_rows"
 	tcptraceMapListeners         = "listeners"
 	tcptraceMapLost              = "lost"
@@ -261,6 +262,7 @@ const (
 	tcptraceProgStateTp          = "state_tp"
 	tcptraceProgSweepSocks       = "sweep_socks"
 	tcptraceProgSweepSocksRun    = "sweep_socks_run"
+	tcptraceProgSynConsumed      = "syn_consumed"
 	tcptraceProgSynFentry        = "syn_fentry"
 	tcptraceProgSynFexit         = "syn_fexit"
 	tcptraceProgSynKprobe        = "syn_kprobe"
@@ -275,6 +277,8 @@ const (
 	tcptraceVarKeepClosed        = "keep_closed"
 	tcptraceVarLastFateNs        = "last_fate_ns"
 	tcptraceVarNestArmed         = "nest_armed"
+	tcptraceVarRcvStateHi        = "rcv_state_hi"
+	tcptraceVarRcvStateLo        = "rcv_state_lo"
 	tcptraceVarUnusedDrop        = "unused_drop"
 	tcptraceVarUnusedDropKind    = "unused_drop_kind"
 	tcptraceVarUnusedEventFlag   = "unused_event_flag"
@@ -363,6 +367,7 @@ type tcptraceProgramSpecs struct {
 	StateTp          *ebpf.ProgramSpec `ebpf:"state_tp"`
 	SweepSocks       *ebpf.ProgramSpec `ebpf:"sweep_socks"`
 	SweepSocksRun    *ebpf.ProgramSpec `ebpf:"sweep_socks_run"`
+	SynConsumed      *ebpf.ProgramSpec `ebpf:"syn_consumed"`
 	SynFentry        *ebpf.ProgramSpec `ebpf:"syn_fentry"`
 	SynFexit         *ebpf.ProgramSpec `ebpf:"syn_fexit"`
 	SynKprobe        *ebpf.ProgramSpec `ebpf:"syn_kprobe"`
@@ -387,6 +392,7 @@ type tcptraceMapSpecs struct {
 	FilterPorts     *ebpf.MapSpec `ebpf:"filter_ports"`
 	Gaps            *ebpf.MapSpec `ebpf:"gaps"`
 	ListenDrops     *ebpf.MapSpec `ebpf:"listen_drops"`
+	ListenSocks     *ebpf.MapSpec `ebpf:"listen_socks"`
 	ListenerRows    *ebpf.MapSpec `ebpf:"listener_rows"`
 	Listeners       *ebpf.MapSpec `ebpf:"listeners"`
 	Lost            *ebpf.MapSpec `ebpf:"lost"`
@@ -403,6 +409,8 @@ type tcptraceVariableSpecs struct {
 	KeepClosed      *ebpf.VariableSpec `ebpf:"keep_closed"`
 	LastFateNs      *ebpf.VariableSpec `ebpf:"last_fate_ns"`
 	NestArmed       *ebpf.VariableSpec `ebpf:"nest_armed"`
+	RcvStateHi      *ebpf.VariableSpec `ebpf:"rcv_state_hi"`
+	RcvStateLo      *ebpf.VariableSpec `ebpf:"rcv_state_lo"`
 	UnusedDrop      *ebpf.VariableSpec `ebpf:"unused_drop"`
 	UnusedDropKind  *ebpf.VariableSpec `ebpf:"unused_drop_kind"`
 	UnusedEventFlag *ebpf.VariableSpec `ebpf:"unused_event_flag"`
@@ -438,6 +446,7 @@ type tcptraceMaps struct {
 	FilterPorts     *ebpf.Map `ebpf:"filter_ports"`
 	Gaps            *ebpf.Map `ebpf:"gaps"`
 	ListenDrops     *ebpf.Map `ebpf:"listen_drops"`
+	ListenSocks     *ebpf.Map `ebpf:"listen_socks"`
 	ListenerRows    *ebpf.Map `ebpf:"listener_rows"`
 	Listeners       *ebpf.Map `ebpf:"listeners"`
 	Lost            *ebpf.Map `ebpf:"lost"`
@@ -456,6 +465,7 @@ func (m *tcptraceMaps) Close() error {
 		m.FilterPorts,
 		m.Gaps,
 		m.ListenDrops,
+		m.ListenSocks,
 		m.ListenerRows,
 		m.Listeners,
 		m.Lost,
@@ -473,6 +483,8 @@ type tcptraceVariables struct {
 	KeepClosed      *ebpf.Variable `ebpf:"keep_closed"`
 	LastFateNs      *ebpf.Variable `ebpf:"last_fate_ns"`
 	NestArmed       *ebpf.Variable `ebpf:"nest_armed"`
+	RcvStateHi      *ebpf.Variable `ebpf:"rcv_state_hi"`
+	RcvStateLo      *ebpf.Variable `ebpf:"rcv_state_lo"`
 	UnusedDrop      *ebpf.Variable `ebpf:"unused_drop"`
 	UnusedDropKind  *ebpf.Variable `ebpf:"unused_drop_kind"`
 	UnusedEventFlag *ebpf.Variable `ebpf:"unused_event_flag"`
@@ -523,6 +535,7 @@ type tcptracePrograms struct {
 	StateTp          *ebpf.Program `ebpf:"state_tp"`
 	SweepSocks       *ebpf.Program `ebpf:"sweep_socks"`
 	SweepSocksRun    *ebpf.Program `ebpf:"sweep_socks_run"`
+	SynConsumed      *ebpf.Program `ebpf:"syn_consumed"`
 	SynFentry        *ebpf.Program `ebpf:"syn_fentry"`
 	SynFexit         *ebpf.Program `ebpf:"syn_fexit"`
 	SynKprobe        *ebpf.Program `ebpf:"syn_kprobe"`
@@ -576,6 +589,7 @@ func (p *tcptracePrograms) Close() error {
 		p.StateTp,
 		p.SweepSocks,
 		p.SweepSocksRun,
+		p.SynConsumed,
 		p.SynFentry,
 		p.SynFexit,
 		p.SynKprobe,

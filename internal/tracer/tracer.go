@@ -218,6 +218,21 @@ func (t *Tracer) argVariant(tp, base, suffix string) (string, error) {
 	return base, fmt.Errorf("the kernel's BTF has no tcp:%s tracepoint with 2 or 3 arguments", tp)
 }
 
+// synConsumed attaches syn_consumed once it knows the code range of
+// tcp_rcv_state_process(), the caller whose consumed SYNs it looks at.
+func (t *Tracer) synConsumed(p *ebpf.Program) (link.Link, error) {
+	lo, hi, err := funcRange("tcp_rcv_state_process")
+	if err != nil {
+		return nil, err
+	}
+	for name, v := range map[string]uint64{"rcv_state_lo": lo, "rcv_state_hi": hi} {
+		if err := t.maps.Variables[name].Set(v); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return tpBTF(p)
+}
+
 // kprobePMU is where a kernel with kprobes offers them to perf_event_open
 // (which cilium/ebpf prefers over tracefs).
 const kprobePMU = "/sys/bus/event_source/devices/kprobe"
@@ -334,11 +349,21 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			}},
 		},
 	}
+	// Without either: the SYNs by consume_skb's caller (6.3+ passes it),
+	// with the final ACKs by kfree_skb's reason where the kernel has it.
+	consumed := candidate{name: "tp_btf/consume_skb (SYNs at a full queue)", kind: "tp_btf",
+		parts: []part{{prog: "syn_consumed", attach: t.synConsumed}}}
 	kfree := single("tp_btf/kfree_skb (TCP_LISTEN_OVERFLOW)", "tp_btf", "kfree_rx_sk", tpBTF)
 	if t.reasons.listenOverflow == 0 {
 		kfree.unusable = errors.New("the kernel's BTF has no SKB_DROP_REASON_TCP_LISTEN_OVERFLOW (added in 6.15)")
+	} else {
+		consumed.name += ", kfree_skb (TCP_LISTEN_OVERFLOW)"
+		consumed.parts = append(consumed.parts, kfree.parts...)
 	}
-	drops.candidates = append(drops.candidates, kfree)
+	if t.tracepointArgs("consume_skb") != 2 {
+		consumed.unusable = errors.New("the kernel's consume_skb tracepoint does not say where it was called from (6.3+)")
+	}
+	drops.candidates = append(drops.candidates, consumed, kfree)
 	// Other TCP drops, by the kernel's reason where it has them: kfree_skb
 	// (reason 5.17+, rx_sk 6.11+), else tcp_drop() (up to 5.18) where the
 	// kernel kept it a function of its own.
