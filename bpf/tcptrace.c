@@ -101,7 +101,8 @@ struct {
 } listeners SEC(".maps");
 
 /* The listening socket at each port, for a packet that names only the port
- * (syn_consumed); kept with listen_drops' entries (watch_listener). */
+ * (syn_consumed); kept with listen_drops' entries (watch_listener). Of
+ * SO_REUSEPORT listeners sharing a port, the last one seen. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
