@@ -105,7 +105,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.MarkHidden("hook-kind")
 	fs.StringVar(&raw.unseen, "test-unseen-state", "", "tests: the kernel side ignores changes into this state")
 	fs.MarkHidden("test-unseen-state")
-	fs.StringVar(&c.Without, "test-without", "", "tests: leave out this optional feature (as -v names it)")
+	fs.StringVar(&c.Without, "test-without", "", "tests: leave out this optional feature, or this hook (as -v names them)")
 	fs.MarkHidden("test-without")
 	return fs
 }

@@ -56,7 +56,7 @@ type Options struct {
 	// this state as if the kernel never ran them (0: none).
 	UnseenState uint8
 	// Without, for tests, names an optional feature to leave out, as on a
-	// kernel that has none of its hooks ("": none).
+	// kernel that has none of its hooks, or one hook ("": none).
 	Without string
 }
 
@@ -533,16 +533,34 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			}
 		}
 	}
-	if opts.Without != "" {
-		i := slices.IndexFunc(fs, func(f feature) bool { return f.name == opts.Without })
-		if i < 0 || fs[i].required {
-			return nil, fmt.Errorf("cannot leave out %q: not an optional feature here", opts.Without)
-		}
-		for j := range fs[i].candidates {
-			fs[i].candidates[j].unusable = errors.New("left out for a test")
-		}
+	if opts.Without != "" && !leaveOut(fs, opts.Without) {
+		return nil, fmt.Errorf("cannot leave out %q: not an optional feature or a hook here", opts.Without)
 	}
 	return fs, nil
+}
+
+// leaveOut marks unusable, for a test, the hooks of the optional feature
+// named what, or the one hook named so (as -v names them); false if neither.
+func leaveOut(fs []feature, what string) bool {
+	out := errors.New("left out for a test")
+	if i := slices.IndexFunc(fs, func(f feature) bool { return f.name == what }); i >= 0 {
+		if fs[i].required {
+			return false
+		}
+		for j := range fs[i].candidates {
+			fs[i].candidates[j].unusable = out
+		}
+		return true
+	}
+	for i := range fs {
+		for j := range fs[i].candidates {
+			if fs[i].candidates[j].name == what {
+				fs[i].candidates[j].unusable = out
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func ofKind(cs []candidate, kind string) []candidate {
