@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"slices"
 	"strconv"
@@ -279,17 +280,28 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 func TestDropsSynQueueFull(t *testing.T) {
 	needRoot(t)
 	kinds := dropHookRuns()
+	type run struct {
+		name, host string
+		i          int
+	}
+	var runs []run
 	for i, kind := range kinds {
-		t.Run(hookRunName(kind), func(t *testing.T) {
+		runs = append(runs, run{hookRunName(kind), "127.0.0.1", i})
+	}
+	// IPv6 on the hook tcptrace picks (the packet's addresses, the route).
+	runs = append(runs, run{hookRunName(kinds[0]) + "/ipv6", "::1", 0})
+	for _, rn := range runs {
+		t.Run(rn.name, func(t *testing.T) {
 			ns := newNetNS(t)
 			if err := ns.sysctl("net/ipv4/tcp_syncookies", "0"); err != nil {
 				t.Fatal(err)
 			}
-			tr, active := startDropTracer(t, kinds, i)
-			ln := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7071", "-backlog", "4")
+			tr, active := startDropTracer(t, kinds, rn.i)
+			addr := net.JoinHostPort(rn.host, "7071")
+			ln := startRole(t, ns, "backlog1", "-addr", addr, "-backlog", "4")
 			ln.expect("listening")
 			before := netstat(t, ln.pid())
-			b := startRole(t, ns, "synburst", "-addr", "127.0.0.1:7071", "-n", "20")
+			b := startRole(t, ns, "synburst", "-addr", addr, "-n", "20")
 			clients := strings.Split(b.expect("clients"), ",")
 			b.expect("done")
 			b.wait()
@@ -309,7 +321,7 @@ func TestDropsSynQueueFull(t *testing.T) {
 				if r.PID != ln.pid() || r.LPort != 7071 {
 					t.Errorf("drop record %s: want pid %d, port 7071", r, ln.pid())
 				}
-				if perPacket(r) && (r.RAddr != "127.0.0.1" || !slices.Contains(clients, strconv.Itoa(int(r.RPort)))) {
+				if perPacket(r) && (r.RAddr != rn.host || !slices.Contains(clients, strconv.Itoa(int(r.RPort)))) {
 					t.Errorf("per-packet record %s: want one of the clients %v", r, clients)
 				}
 			}

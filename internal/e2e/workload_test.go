@@ -50,12 +50,15 @@ func runWorkload(role string, args []string) error {
 	switch role {
 	case "backlog1":
 		// A listener with backlog 1 that never accepts.
-		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+		sa, err := sockaddr(*addr)
 		if err != nil {
 			return err
 		}
-		ap, _ := netip.ParseAddrPort(*addr)
-		if err := syscall.Bind(fd, &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}); err != nil {
+		fd, err := syscall.Socket(familyOf(sa), syscall.SOCK_STREAM, 0)
+		if err != nil {
+			return err
+		}
+		if err := syscall.Bind(fd, sa); err != nil {
 			return err
 		}
 		if err := syscall.Listen(fd, *backlog); err != nil {
@@ -431,8 +434,8 @@ func (p *pair) run(t *testing.T) {
 // deferredConnect starts a non-blocking connect whose final ACK the kernel
 // holds back ~200 ms (TCP_DEFER_ACCEPT on a client socket), so its handshake
 // sits in the listener's SYN queue meanwhile.
-func deferredConnect(sa *syscall.SockaddrInet4, deferACK bool) (int, error) {
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
+func deferredConnect(sa syscall.Sockaddr, deferACK bool) (int, error) {
+	fd, err := syscall.Socket(familyOf(sa), syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK, 0)
 	if err != nil {
 		return -1, err
 	}
@@ -447,26 +450,47 @@ func deferredConnect(sa *syscall.SockaddrInet4, deferACK bool) (int, error) {
 	return fd, nil
 }
 
-// localPorts lists the IPv4 sockets' local ports, comma-separated.
+// localPorts lists the sockets' local ports, comma-separated.
 func localPorts(fds []int) string {
 	var ports []string
 	for _, fd := range fds {
-		if sa, err := syscall.Getsockname(fd); err == nil {
-			ports = append(ports, strconv.Itoa(sa.(*syscall.SockaddrInet4).Port))
+		switch sa, _ := syscall.Getsockname(fd); sa := sa.(type) {
+		case *syscall.SockaddrInet4:
+			ports = append(ports, strconv.Itoa(sa.Port))
+		case *syscall.SockaddrInet6:
+			ports = append(ports, strconv.Itoa(sa.Port))
 		}
 	}
 	return strings.Join(ports, ",")
+}
+
+// sockaddr is addr ("127.0.0.1:7070" or "[::1]:7070") for the socket calls.
+func sockaddr(addr string) (syscall.Sockaddr, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if ap.Addr().Is4() {
+		return &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}, nil
+	}
+	return &syscall.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}, nil
+}
+
+func familyOf(sa syscall.Sockaddr) int {
+	if _, ok := sa.(*syscall.SockaddrInet6); ok {
+		return syscall.AF_INET6
+	}
+	return syscall.AF_INET
 }
 
 // runSynBurst fills a listener's SYN queue: n handshakes at once whose final
 // ACKs are held back, so with syncookies off the SYNs past the queue's
 // capacity are dropped; it holds them through the SYN retry at 1 s.
 func runSynBurst(addr string, n int) error {
-	ap, err := netip.ParseAddrPort(addr)
+	sa, err := sockaddr(addr)
 	if err != nil {
 		return err
 	}
-	sa := &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	var fds []int
 	for i := 0; i < n; i++ {
 		fd, err := deferredConnect(sa, true)
@@ -490,11 +514,10 @@ func runSynBurst(addr string, n int) error {
 // accept queue, so the delayed ACKs overflow it (TCP_LISTEN_OVERFLOW); then n
 // more SYNs are dropped on arrival, and retried, for a few seconds.
 func runOverflow(addr string, n, nDeferred int) error {
-	ap, err := netip.ParseAddrPort(addr)
+	sa, err := sockaddr(addr)
 	if err != nil {
 		return err
 	}
-	sa := &syscall.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
 	connect := func(deferACK bool) (int, error) { return deferredConnect(sa, deferACK) }
 	var fds, deferred []int
 	for i := 0; i < nDeferred; i++ {
@@ -506,7 +529,7 @@ func runOverflow(addr string, n, nDeferred int) error {
 		deferred = append(deferred, fd)
 	}
 	for i := 0; i < 2; i++ {
-		c, err := net.Dial("tcp4", addr)
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			return err
 		}
