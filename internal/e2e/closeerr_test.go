@@ -266,9 +266,7 @@ func TestCloseErrors(t *testing.T) {
 		}
 	}
 	errs.stopClean()
-	for i := len(kinds) - 1; i >= 0; i-- {
-		tracers[kinds[i]].stopClean()
-	}
+	stopTracersPerHook(tracers)
 	// --errors: one record per socket whose close had an error, and no other.
 	withError := 0
 	for _, e := range want {

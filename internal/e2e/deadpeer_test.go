@@ -280,9 +280,7 @@ func TestDeadPeer(t *testing.T) {
 	if d := after["RetransSegs"] - before["RetransSegs"]; d != retransmitted {
 		t.Errorf("RetransSegs grew by %d, the clients' TCP_INFO says %d", d, retransmitted)
 	}
-	for i := len(kinds) - 1; i >= 0; i-- {
-		tracers[kinds[i]].stopClean()
-	}
+	stopTracersPerHook(tracers)
 	w.send("exit")
 	w.wait()
 	exited = true
@@ -479,9 +477,7 @@ func TestRetransmitsOfOlderConnection(t *testing.T) {
 	// Those stalled before count too; those never used sent nothing.
 	after := nsCounters(t, ns)
 	grew := after["RetransSegs"] - before["RetransSegs"]
-	for i := len(hookKinds) - 1; i >= 0; i-- {
-		tracers[hookKinds[i]].stopClean()
-	}
+	stopTracersPerHook(tracers)
 	w.send("exit")
 	w.wait()
 	exited = true

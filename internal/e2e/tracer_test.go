@@ -88,6 +88,14 @@ func startTracerPerHook(t *testing.T, args ...string) map[string]*tracerProc {
 	return out
 }
 
+// stopTracersPerHook stops what startTracerPerHook started, cleanly, in
+// reverse order (the classic tracepoint's first).
+func stopTracersPerHook(tracers map[string]*tracerProc) {
+	for i := len(hookKinds) - 1; i >= 0; i-- {
+		tracers[hookKinds[i]].stopClean()
+	}
+}
+
 // activeHook is the hook -v says is active for feature, "" if none.
 func activeHook(stderr, feature string) string {
 	for _, line := range strings.Split(stderr, "\n") {
