@@ -100,14 +100,21 @@ struct {
 	__type(value, struct owner);
 } listeners SEC(".maps");
 
-/* The listening socket at each port, for a packet that names only the port
- * (syn_consumed); kept with listen_drops' entries (watch_listener). Of
- * SO_REUSEPORT listeners sharing a port, the last one seen. */
+/* The listening sockets at each port, for a packet that names only the port
+ * (syn_consumed); kept with listen_drops' entries (watch_listener). A port
+ * can have several: SO_REUSEPORT groups (nginx, Envoy), or one listener per
+ * local address. Past LISTEN_SLOTS, the newest takes the last slot. */
+#define LISTEN_SLOTS 4
+
+struct listen_slots {
+	__u64 sk[LISTEN_SLOTS];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
 	__type(key, struct listen_key);
-	__type(value, __u64);
+	__type(value, struct listen_slots);
 } listen_socks SEC(".maps");
 
 /* When each process last forked a new process or exec'd (either may change
@@ -514,7 +521,47 @@ static __always_inline void watch_listener(const struct sock *sk)
 	bpf_map_update_elem(&listen_drops, &skaddr, &lc, BPF_NOEXIST);
 	struct listen_key lk = { .netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
 				 .port = local_port(sk, false) };
-	bpf_map_update_elem(&listen_socks, &lk, &skaddr, BPF_ANY);
+	struct listen_slots *ls = bpf_map_lookup_elem(&listen_socks, &lk);
+	if (!ls) {
+		struct listen_slots first = { .sk = { skaddr } };
+		/* BPF_NOEXIST: another listener may have just come; join it. */
+		if (!bpf_map_update_elem(&listen_socks, &lk, &first, BPF_NOEXIST))
+			return;
+		ls = bpf_map_lookup_elem(&listen_socks, &lk);
+		if (!ls)
+			return;
+	}
+	/* Plain stores (no compare-and-swap before 5.12): two listeners on one
+	 * port at the same moment may take one slot; the loser's drops still
+	 * come counted. */
+	int slot = LISTEN_SLOTS - 1;
+#pragma unroll
+	for (int i = LISTEN_SLOTS - 1; i >= 0; i--) {
+		if (ls->sk[i] == skaddr)
+			return;
+		if (!ls->sk[i])
+			slot = i;
+	}
+	ls->sk[slot] = skaddr;
+}
+
+/* A listener closes: its slot is free again, and its port's entry goes with
+ * the last. */
+static __always_inline void unwatch_listener(struct listen_key *lk, __u64 skaddr)
+{
+	struct listen_slots *ls = bpf_map_lookup_elem(&listen_socks, lk);
+	if (!ls)
+		return;
+	bool empty = true;
+#pragma unroll
+	for (int i = 0; i < LISTEN_SLOTS; i++) {
+		if (ls->sk[i] == skaddr)
+			ls->sk[i] = 0;
+		else if (ls->sk[i])
+			empty = false;
+	}
+	if (empty)
+		bpf_map_delete_elem(&listen_socks, lk);
 }
 
 /* Report what sk_drops counted beyond seen, the part already reported. */
@@ -595,9 +642,7 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 		watch_listener(sk);
 	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		bpf_map_delete_elem(&listeners, &lk);
-		__u64 *ls = bpf_map_lookup_elem(&listen_socks, &lk);
-		if (ls && *ls == skaddr)
-			bpf_map_delete_elem(&listen_socks, &lk);
+		unwatch_listener(&lk, skaddr);
 		/* The last drops since the previous poll must not go with it. */
 		struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
 		if (lc)
@@ -1716,14 +1761,74 @@ int BPF_KRETPROBE(ack_kretprobe, struct sock *ret)
  * where it was called from (6.3+). A SYN consumed by tcp_rcv_state_process()
  * at a listener whose queue is full, while the listener's sk_drops is ahead
  * of what was reported, is that drop: it names the client. The loader sets
- * the function's code range (kallsyms); 0 matches nothing. The listener comes
- * from the packet's port in its route's namespace.
+ * the function's code range (kallsyms); 0 matches nothing. The listener is
+ * one of those at the packet's port in its route's namespace, bound to the
+ * packet's address or to any; of an SO_REUSEPORT group's (one address), the
+ * first whose drops are ahead, which is the one that dropped unless another
+ * has drops that only the next walk will count.
  */
 volatile __u64 rcv_state_lo, rcv_state_hi;
 
 /* 6.2+, and only this 6.3+ program uses it: a kernel pointer read with plain
  * loads (the verifier guards them) rather than a helper call per field. */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
+/* Where a consumed SYN was headed, read once, when a listener needs it. */
+struct syn_dest {
+	__u8 addr[16];
+	__u16 proto; /* the packet's ETH_P_*, network order; 0: not read yet */
+};
+
+/* Whether a listener bound to a local address takes a packet headed for
+ * dest: the same address, or any. An IPv6 listener takes IPv4 packets at ::
+ * or at their v4-mapped address. */
+static __always_inline bool listener_takes(const struct sock *sk, const struct sk_buff *skb, struct syn_dest *dest)
+{
+	if (!dest->proto) {
+		dest->proto = skb->protocol;
+		if (dest->proto == bpf_htons(ETH_P_IPV6))
+			bpf_probe_read_kernel(dest->addr, 16, skb->head + skb->network_header + 24);
+		else
+			bpf_probe_read_kernel(dest->addr, 4, skb->head + skb->network_header + 16);
+	}
+	__u32 v4 = *(__u32 *)dest->addr;
+	if (sk->__sk_common.skc_family == AF_INET) {
+		__u32 bound = sk->__sk_common.skc_rcv_saddr;
+		return dest->proto == bpf_htons(ETH_P_IP) && (!bound || bound == v4);
+	}
+	__u32 b[4];
+	__builtin_memcpy(b, &sk->__sk_common.skc_v6_rcv_saddr, sizeof(b));
+	if (!(b[0] | b[1] | b[2] | b[3]))
+		return true;
+	if (dest->proto == bpf_htons(ETH_P_IP))
+		return !b[0] && !b[1] && b[2] == bpf_htonl(0x0000ffff) && b[3] == v4;
+	__u32 *d = (__u32 *)dest->addr;
+	return b[0] == d[0] && b[1] == d[1] && b[2] == d[2] && b[3] == d[3];
+}
+
+/*
+ * Whether the SYN skb, consumed, was dropped at the listener at skaddr (on
+ * port): a full queue there, tcp_conn_request()'s checks (a full SYN queue
+ * without syncookies: sk_drops tells; or a full accept queue); drops counted
+ * there beyond those reported; and the packet's local address its own.
+ */
+static __always_inline bool dropped_syn_at(__u64 skaddr, __u16 port, const struct sk_buff *skb,
+					   struct syn_dest *dest)
+{
+	const struct sock *sk = bpf_rdonly_cast((void *)skaddr, bpf_core_type_id_kernel(struct sock));
+	const struct inet_connection_sock *icsk =
+		bpf_rdonly_cast((void *)skaddr, bpf_core_type_id_kernel(struct inet_connection_sock));
+	/* A slot left by a close no program saw may hold another socket now. */
+	if (sk->__sk_common.skc_state != TCP_LISTEN || sk->__sk_common.skc_num != port)
+		return false;
+	__u32 max = sk->sk_max_ack_backlog;
+	if (sk->sk_ack_backlog <= max && icsk->icsk_accept_queue.qlen.counter < max)
+		return false;
+	struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
+	if (!lc || (__s32)(sk->sk_drops.counter - lc->seen) <= 0)
+		return false;
+	return listener_takes(sk, skb, dest);
+}
 
 #define TCP_FLAG_BYTE_SYN 0x02
 #define TCP_FLAG_BYTE_RST 0x04
@@ -1753,24 +1858,18 @@ int BPF_PROG(syn_consumed, struct sk_buff *skb, void *location)
 	if (!dev)
 		return 0;
 	struct listen_key lk = { .netns = dev->nd_net.net->ns.inum, .port = (__u16)hdr[2] << 8 | hdr[3] };
-	__u64 *ls = bpf_map_lookup_elem(&listen_socks, &lk);
+	struct listen_slots *ls = bpf_map_lookup_elem(&listen_socks, &lk);
 	if (!ls)
 		return 0;
-	__u64 skaddr = *ls;
-	const struct sock *sk = bpf_rdonly_cast((void *)skaddr, bpf_core_type_id_kernel(struct sock));
-	const struct inet_connection_sock *icsk =
-		bpf_rdonly_cast((void *)skaddr, bpf_core_type_id_kernel(struct inet_connection_sock));
-	if (sk->__sk_common.skc_state != TCP_LISTEN)
-		return 0;
-	/* tcp_conn_request()'s checks: a full SYN queue (without syncookies:
-	 * sk_drops tells) or a full accept queue. */
-	__u32 max = sk->sk_max_ack_backlog;
-	if (sk->sk_ack_backlog <= max && icsk->icsk_accept_queue.qlen.counter < max)
-		return 0;
-	struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
-	if (!lc || (__s32)(sk->sk_drops.counter - lc->seen) <= 0)
-		return 0;
-	report_packet((const struct sock *)skaddr, skb, DROP_SYN, 0, 1);
+	struct syn_dest dest = {};
+#pragma unroll
+	for (int i = 0; i < LISTEN_SLOTS; i++) {
+		__u64 skaddr = ls->sk[i];
+		if (skaddr && dropped_syn_at(skaddr, lk.port, skb, &dest)) {
+			report_packet((const struct sock *)skaddr, skb, DROP_SYN, 0, 1);
+			return 0;
+		}
+	}
 	return 0;
 }
 

@@ -276,20 +276,28 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 // not complete fills the SYN queue; the drops named syn_queue_full add up to
 // the namespace's TCPReqQFullDrop, and all drops to its ListenDrops. Where
 // fentry or kprobes exist, or consume_skb says its caller (6.3+), each
-// dropped SYN comes with its client.
+// dropped SYN comes with its client and its listener, also where a port has
+// several: an SO_REUSEPORT pair (both must name clients) and listeners on two
+// local addresses (the burst goes to the first one made).
 func TestDropsSynQueueFull(t *testing.T) {
 	needRoot(t)
 	kinds := dropHookRuns()
 	type run struct {
 		name, host string
 		i          int
+		listen     []string // backlog1's arguments past the address
+		others     string   // further listening addresses on the port
+		burst      string   // SYNs in the burst
+		listeners  int      // listeners whose dropped SYNs must name clients
 	}
 	var runs []run
 	for i, kind := range kinds {
-		runs = append(runs, run{hookRunName(kind), "127.0.0.1", i})
+		runs = append(runs, run{hookRunName(kind), "127.0.0.1", i, nil, "", "20", 1},
+			run{hookRunName(kind) + "/reuseport", "127.0.0.1", i, []string{"-n", "2"}, "", "30", 2},
+			run{hookRunName(kind) + "/two-addresses", "127.0.0.1", i, nil, ",127.0.0.2:7071", "20", 1})
 	}
 	// IPv6 on the hook tcptrace picks (the packet's addresses, the route).
-	runs = append(runs, run{hookRunName(kinds[0]) + "/ipv6", "::1", 0})
+	runs = append(runs, run{hookRunName(kinds[0]) + "/ipv6", "::1", 0, nil, "", "20", 1})
 	for _, rn := range runs {
 		t.Run(rn.name, func(t *testing.T) {
 			ns := newNetNS(t)
@@ -298,10 +306,10 @@ func TestDropsSynQueueFull(t *testing.T) {
 			}
 			tr, active := startDropTracer(t, kinds, rn.i)
 			addr := net.JoinHostPort(rn.host, "7071")
-			ln := startRole(t, ns, "backlog1", "-addr", addr, "-backlog", "4")
+			ln := startRole(t, ns, "backlog1", append([]string{"-addr", addr + rn.others, "-backlog", "4"}, rn.listen...)...)
 			ln.expect("listening")
 			before := netstat(t, ln.pid())
-			b := startRole(t, ns, "synburst", "-addr", addr, "-n", "20")
+			b := startRole(t, ns, "synburst", "-addr", addr, "-n", rn.burst)
 			clients := strings.Split(b.expect("clients"), ",")
 			b.expect("done")
 			b.wait()
@@ -310,6 +318,7 @@ func TestDropsSynQueueFull(t *testing.T) {
 			truth := after["ListenDrops"] - before["ListenDrops"]
 			truthQ := after["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
 			var sum, sumQ, packetsQ uint64
+			named := map[string]int{} // per-packet records by listener
 			for _, r := range listenDrops(tr.records("drop", ns)) {
 				sum += r.Count
 				if r.Reason == "syn_queue_full" {
@@ -321,12 +330,16 @@ func TestDropsSynQueueFull(t *testing.T) {
 				if r.PID != ln.pid() || r.LPort != 7071 {
 					t.Errorf("drop record %s: want pid %d, port 7071", r, ln.pid())
 				}
-				if perPacket(r) && (r.RAddr != rn.host || !slices.Contains(clients, strconv.Itoa(int(r.RPort)))) {
-					t.Errorf("per-packet record %s: want one of the clients %v", r, clients)
+				if !perPacket(r) {
+					continue
+				}
+				named[r.Sock]++
+				if r.RAddr != rn.host || r.LAddr != rn.host || !slices.Contains(clients, strconv.Itoa(int(r.RPort))) {
+					t.Errorf("per-packet record %s: want one of the clients %v, at a listener on %s", r, clients, rn.host)
 				}
 			}
-			t.Logf("ListenDrops +%d, TCPReqQFullDrop +%d; records: %d, syn_queue_full %d (%d per packet)",
-				truth, truthQ, sum, sumQ, packetsQ)
+			t.Logf("ListenDrops +%d, TCPReqQFullDrop +%d; records: %d, syn_queue_full %d (%d per packet, by listener %v)",
+				truth, truthQ, sum, sumQ, packetsQ, named)
 			if truthQ == 0 {
 				t.Fatal("the burst did not fill the SYN queue")
 			}
@@ -335,6 +348,8 @@ func TestDropsSynQueueFull(t *testing.T) {
 			}
 			if want, _ := perPacketFloor(active, truthQ); packetsQ < want {
 				t.Fatalf("%d dropped SYNs came with their client, of %d: want at least %d", packetsQ, truthQ, want)
+			} else if want > 0 && len(named) != rn.listeners {
+				t.Fatalf("dropped SYNs with their client came from %d listeners (%v): want %d", len(named), named, rn.listeners)
 			}
 		})
 	}

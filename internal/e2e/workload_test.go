@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bufio"
-
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // runWorkload is the body of a workload process (TCPTRACE_E2E_ROLE=server or
@@ -49,24 +50,25 @@ func runWorkload(role string, args []string) error {
 	}
 	switch role {
 	case "backlog1":
-		// A listener with backlog 1 that never accepts.
-		sa, err := sockaddr(*addr)
-		if err != nil {
-			return err
+		// Listeners with backlog 1 that never accept: one per address of
+		// -addr (comma-separated), or -n on one address with SO_REUSEPORT.
+		addrs := strings.Split(*addr, ",")
+		for len(addrs) < *count {
+			addrs = append(addrs, addrs[0])
 		}
-		fd, err := syscall.Socket(familyOf(sa), syscall.SOCK_STREAM, 0)
-		if err != nil {
-			return err
-		}
-		if err := syscall.Bind(fd, sa); err != nil {
-			return err
-		}
-		if err := syscall.Listen(fd, *backlog); err != nil {
-			return err
+		var fds []int
+		for _, a := range addrs {
+			fd, err := listenBacklog(a, *backlog, *count > 1)
+			if err != nil {
+				return err
+			}
+			fds = append(fds, fd)
 		}
 		fmt.Println("listening")
 		waitLine(in, "close")
-		syscall.Close(fd)
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
 		fmt.Println("closed")
 		waitLine(in, "exit") // stay, so the test can read this namespace's counters
 		return nil
@@ -481,6 +483,28 @@ func familyOf(sa syscall.Sockaddr) int {
 		return syscall.AF_INET6
 	}
 	return syscall.AF_INET
+}
+
+// listenBacklog listens on addr with the given backlog, SO_REUSEPORT set if
+// reusePort.
+func listenBacklog(addr string, backlog int, reusePort bool) (int, error) {
+	sa, err := sockaddr(addr)
+	if err != nil {
+		return -1, err
+	}
+	fd, err := syscall.Socket(familyOf(sa), syscall.SOCK_STREAM, 0)
+	if err != nil {
+		return -1, err
+	}
+	if reusePort {
+		if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return -1, err
+		}
+	}
+	if err := syscall.Bind(fd, sa); err != nil {
+		return -1, fmt.Errorf("bind %s: %w", addr, err)
+	}
+	return fd, syscall.Listen(fd, backlog)
 }
 
 // runSynBurst fills a listener's SYN queue: n handshakes at once whose final

@@ -132,6 +132,11 @@ type tcptraceListenKey struct {
 	Pad   uint16
 }
 
+type tcptraceListenSlots struct {
+	_  structs.HostLayout
+	Sk [4]uint64
+}
+
 type tcptraceListener struct {
 	_          structs.HostLayout
 	Skaddr     uint64
