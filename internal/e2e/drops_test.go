@@ -175,6 +175,33 @@ func perPacketFloor(active string, n uint64) (floor uint64, acks bool) {
 	return 0, false
 }
 
+// missedWave reports whether named per-packet records, short of want, fall
+// short by one wave that reached no program: on the consume_skb path (a
+// tracepoint), the known defect (README) can take one softirq run's
+// tracepoint calls, and a wave of SYN retries (every client's, their timers
+// expiring together) is processed in one. Such a wave comes counted in one
+// walk: the shortfall must fit in the largest counted record, itself at most
+// a wave. Misses spread over several walks (a defect of tcptrace's) still
+// fail.
+func missedWave(t *testing.T, active string, rs []record, named, want uint64, wave int) bool {
+	t.Helper()
+	if !strings.Contains(active, "consume_skb") || named >= want {
+		return false
+	}
+	var burst uint64
+	for _, r := range rs {
+		if !perPacket(r) {
+			burst = max(burst, r.Count)
+		}
+	}
+	if burst > uint64(wave) || named+burst < want {
+		return false
+	}
+	t.Logf("%d of the drops short of %d per packet came counted in one walk of %d (at most a wave of %d SYNs): "+
+		"a softirq run that reached no BPF program (README: the known defect)", want-named, want, burst, wave)
+	return true
+}
+
 // listenDrops keeps the drop records of listeners: other TCP drops (no queue
 // figures) come too, e.g. the unread data of accepted-queue connections
 // purged as the listener closes (queue_purge).
@@ -256,10 +283,12 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 			if sum != truth {
 				t.Fatalf("drop records sum to %d, the kernel counted %d", sum, truth)
 			}
+			rs := listenDrops(tr.records("drop", ns))
 			switch want, wantACKs := perPacketFloor(active, truth); {
 			case want > 0:
 				// Every drop is one SYN or one final ACK, seen as it happens.
-				if uint64(len(packets)) < want || (wantACKs && len(acks) == 0) {
+				short := uint64(len(packets)) < want && !missedWave(t, active, rs, uint64(len(packets)), want, len(clients))
+				if short || (wantACKs && len(acks) == 0) {
 					t.Fatalf("%d per-packet records (%d final ACKs) for %d drops: want at least %d, ACKs included: %v",
 						len(packets), len(acks), truth, want, wantACKs)
 				}
@@ -346,7 +375,9 @@ func TestDropsSynQueueFull(t *testing.T) {
 			if sum != truth || sumQ != truthQ {
 				t.Fatalf("records: %d drops (%d syn_queue_full); the kernel counted %d (%d TCPReqQFullDrop)", sum, sumQ, truth, truthQ)
 			}
-			if want, _ := perPacketFloor(active, truthQ); packetsQ < want {
+			rs := listenDrops(tr.records("drop", ns))
+			burst, _ := strconv.Atoi(rn.burst) // digits, set above
+			if want, _ := perPacketFloor(active, truthQ); packetsQ < want && !missedWave(t, active, rs, packetsQ, want, burst) {
 				t.Fatalf("%d dropped SYNs came with their client, of %d: want at least %d", packetsQ, truthQ, want)
 			} else if want > 0 && len(named) != rn.listeners {
 				t.Fatalf("dropped SYNs with their client came from %d listeners (%v): want %d", len(named), named, rn.listeners)
@@ -522,5 +553,35 @@ func TestNoDropsInOrdinaryTraffic(t *testing.T) {
 	}
 	if _, ok := after["RetransSegs"]; !ok {
 		t.Errorf("no RetransSegs in /proc/net/snmp: %v", after)
+	}
+}
+
+// TestMissedWave: the allowance for a wave that reached no program takes one
+// counted walk of at most a wave, on the consume_skb path only.
+func TestMissedWave(t *testing.T) {
+	pkt := record{RAddr: "127.0.0.1", Count: 1}
+	counted := func(n uint64) record { return record{Count: n} }
+	many := func(n int, r record) []record { return slices.Repeat([]record{r}, n) }
+	const tp = "tp_btf/consume_skb (SYNs at a full queue)"
+	for _, c := range []struct {
+		name   string
+		active string
+		rs     []record
+		want   bool
+	}{
+		{"one wave counted", tp, append(many(120, pkt), counted(40), counted(2)), true},
+		{"spread over walks", tp, append(many(120, pkt), counted(20), counted(20), counted(2)), false},
+		{"more than a wave", tp, append(many(110, pkt), counted(52)), false},
+		{"not a tracepoint path", "fentry/tcp_conn_request", append(many(120, pkt), counted(40), counted(2)), false},
+	} {
+		var named uint64
+		for _, r := range c.rs {
+			if perPacket(r) {
+				named++
+			}
+		}
+		if got := missedWave(t, c.active, c.rs, named, 153, 40); got != c.want {
+			t.Errorf("%s: missedWave = %v, want %v", c.name, got, c.want)
+		}
 	}
 }
