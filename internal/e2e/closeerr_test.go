@@ -176,7 +176,7 @@ func TestCloseErrors(t *testing.T) {
 	errs := startTracer(t, "--events", "states", "--errors")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "closeerr", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
-	defer func() { w.send("exit"); w.wait() }()
+	defer w.exit()
 
 	// What each client socket's application got, and what each change into
 	// CLOSE must say: "lport rport" -> error ("" for none).
@@ -377,7 +377,7 @@ func TestPortExhaustion(t *testing.T) {
 	kinds := hookKinds
 	tracers := startTracerPerHook(t, "--events", "states", "--errors")
 	w := startRole(t, ns, "exhaust", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
-	defer func() { w.send("exit"); w.wait() }()
+	defer w.exit()
 	if got := w.expect("exhausted"); got != "2 EADDRNOTAVAIL" {
 		t.Fatalf("the workload's connects: %q, want 2 made, then EADDRNOTAVAIL", got)
 	}

@@ -207,13 +207,7 @@ func TestDeadPeer(t *testing.T) {
 	tracers := startTracerPerHook(t, "--events", "states,retransmits", "--state", "CLOSE")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
-	exited := false
-	defer func() {
-		if !exited {
-			w.send("exit")
-			w.wait()
-		}
-	}()
+	defer w.exit()
 
 	// The clients' changes into CLOSE ("PORT" -> what it must say), and the
 	// retransmissions of every client, including those tried again.
@@ -280,9 +274,7 @@ func TestDeadPeer(t *testing.T) {
 		t.Errorf("RetransSegs grew by %d, the clients' TCP_INFO says %d", d, retransmitted)
 	}
 	stopTracersPerHook(tracers)
-	w.send("exit")
-	w.wait()
-	exited = true
+	w.exit()
 
 	for _, kind := range kinds {
 		got := clientCloses(tracers[kind])
@@ -347,8 +339,7 @@ func TestHandshakeRetransmits(t *testing.T) {
 	other := startTracer(t, "--events", "retransmits", "--pid", "1")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
-	defer w.wait()
-	defer w.send("exit")
+	defer w.exit()
 
 	w.send("blackhole")
 	fs := strings.Fields(w.expectWithin("blackhole", 30*time.Second))
@@ -410,13 +401,7 @@ func TestRetransmitsOfOlderConnection(t *testing.T) {
 	const port = 7063
 	ns := newNetNS(t)
 	w := startRole(t, ns, "deadpeer", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
-	exited := false
-	defer func() {
-		if !exited {
-			w.send("exit")
-			w.wait()
-		}
-	}()
+	defer w.exit()
 	// Three, made before any tracer: as in TestDeadPeer, a connection whose
 	// timeout no tracer got (the known defect) is followed by the next.
 	const tries = 3
@@ -465,9 +450,7 @@ func TestRetransmitsOfOlderConnection(t *testing.T) {
 	after := nsCounters(t, ns)
 	grew := after["RetransSegs"] - before["RetransSegs"]
 	stopTracersPerHook(tracers)
-	w.send("exit")
-	w.wait()
-	exited = true
+	w.exit()
 
 	for _, kind := range hookKinds {
 		tr := tracers[kind]

@@ -2,9 +2,11 @@ package e2e
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -85,8 +87,7 @@ func closeAndCount(t *testing.T, ln *proc, tr *tracerProc) map[string]uint64 {
 	ln.expect("closed")
 	after := netstat(t, ln.pid())
 	tr.stopClean()
-	ln.send("exit")
-	ln.wait()
+	ln.exit()
 	return after
 }
 
@@ -307,26 +308,32 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 // fentry or kprobes exist, or consume_skb says its caller (6.3+), each
 // dropped SYN comes with its client and its listener, also where a port has
 // several: an SO_REUSEPORT pair (both must name clients) and listeners on two
-// local addresses (the burst goes to the first one made).
+// local addresses (the burst goes to the first one made); and where an IPv6
+// listener takes IPv4 SYNs: bound to :: (Node.js's default) or to the
+// v4-mapped address.
 func TestDropsSynQueueFull(t *testing.T) {
 	needRoot(t)
 	kinds := dropHookRuns()
 	type run struct {
-		name, host string
+		name, host string // host: the burst's destination
 		i          int
 		listen     []string // backlog1's arguments past the address
 		others     string   // further listening addresses on the port
 		burst      string   // SYNs in the burst
 		listeners  int      // listeners whose dropped SYNs must name clients
+		at         string   // the listener's address, if not host
 	}
 	var runs []run
 	for i, kind := range kinds {
-		runs = append(runs, run{hookRunName(kind), "127.0.0.1", i, nil, "", "20", 1},
-			run{hookRunName(kind) + "/reuseport", "127.0.0.1", i, []string{"-n", "2"}, "", "30", 2},
-			run{hookRunName(kind) + "/two-addresses", "127.0.0.1", i, nil, ",127.0.0.2:7071", "20", 1})
+		runs = append(runs, run{hookRunName(kind), "127.0.0.1", i, nil, "", "20", 1, ""},
+			run{hookRunName(kind) + "/reuseport", "127.0.0.1", i, []string{"-n", "2"}, "", "30", 2, ""},
+			run{hookRunName(kind) + "/two-addresses", "127.0.0.1", i, nil, ",127.0.0.2:7071", "20", 1, ""})
 	}
 	// IPv6 on the hook tcptrace picks (the packet's addresses, the route).
-	runs = append(runs, run{hookRunName(kinds[0]) + "/ipv6", "::1", 0, nil, "", "20", 1})
+	runs = append(runs, run{hookRunName(kinds[0]) + "/ipv6", "::1", 0, nil, "", "20", 1, ""})
+	// IPv4 SYNs at an IPv6 listener (the packet's family, not the listener's).
+	runs = append(runs, run{hookRunName(kinds[0]) + "/dual-stack", "127.0.0.1", 0, nil, "", "20", 1, "::"},
+		run{hookRunName(kinds[0]) + "/v4-mapped", "127.0.0.1", 0, nil, "", "20", 1, "::ffff:127.0.0.1"})
 	for _, rn := range runs {
 		t.Run(rn.name, func(t *testing.T) {
 			ns := newNetNS(t)
@@ -335,7 +342,9 @@ func TestDropsSynQueueFull(t *testing.T) {
 			}
 			tr, active := startDropTracer(t, kinds, rn.i)
 			addr := net.JoinHostPort(rn.host, "7071")
-			ln := startRole(t, ns, "backlog1", append([]string{"-addr", addr + rn.others, "-backlog", "4"}, rn.listen...)...)
+			at := cmp.Or(rn.at, rn.host)
+			laddr := netip.MustParseAddr(at).Unmap().String() // tcptrace shows v4-mapped as IPv4
+			ln := startRole(t, ns, "backlog1", append([]string{"-addr", net.JoinHostPort(at, "7071") + rn.others, "-backlog", "4"}, rn.listen...)...)
 			ln.expect("listening")
 			before := netstat(t, ln.pid())
 			b := startRole(t, ns, "synburst", "-addr", addr, "-n", rn.burst)
@@ -363,8 +372,8 @@ func TestDropsSynQueueFull(t *testing.T) {
 					continue
 				}
 				named[r.Sock]++
-				if r.RAddr != rn.host || r.LAddr != rn.host || !slices.Contains(clients, strconv.Itoa(int(r.RPort))) {
-					t.Errorf("per-packet record %s: want one of the clients %v, at a listener on %s", r, clients, rn.host)
+				if r.RAddr != rn.host || r.LAddr != laddr || !slices.Contains(clients, strconv.Itoa(int(r.RPort))) {
+					t.Errorf("per-packet record %s: want one of the clients %v at %s, at a listener on %s", r, clients, rn.host, laddr)
 				}
 			}
 			t.Logf("ListenDrops +%d, TCPReqQFullDrop +%d; records: %d, syn_queue_full %d (%d per packet, by listener %v)",
@@ -445,8 +454,7 @@ func TestListenersTable(t *testing.T) {
 	ov.wait()
 	ln.send("close")
 	ln.expect("closed")
-	ln.send("exit")
-	ln.wait()
+	ln.exit()
 }
 
 // kernelHasSymbol reports whether /proc/kallsyms lists the kernel function name.

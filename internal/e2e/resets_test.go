@@ -146,8 +146,7 @@ func TestResetsSent(t *testing.T) {
 	other := startTracer(t, "--events", "resets", "--pid", "1")
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "resets", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
-	defer w.wait()
-	defer w.send("exit")
+	defer w.exit()
 
 	type reset struct {
 		lport, rport uint16

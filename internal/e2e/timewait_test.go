@@ -166,7 +166,7 @@ func testTimeWait(t *testing.T, kind string) {
 		resets[cport+" "+strconv.Itoa(port)] = true
 	}
 	w.expect("done")
-	defer func() { w.send("exit"); w.wait() }()
+	defer w.exit()
 
 	// The kernel's own list first: the workload did what it says. (A timewait
 	// socket handed over in FIN_WAIT2 lists as TIME_WAIT once the peer's FIN

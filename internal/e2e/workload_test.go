@@ -308,6 +308,7 @@ type proc struct {
 	stdin io.WriteCloser
 	lines chan string
 	done  chan error
+	ended bool // told to exit and waited for (exit)
 }
 
 const waitLong = 60 * time.Second // generous: the suite also runs in emulated VMs
@@ -376,6 +377,18 @@ func (p *proc) expectWithin(word string, limit time.Duration) string {
 		p.t.Fatalf("%s: no %q within %v", p.role, word, limit)
 	}
 	return ""
+}
+
+// exit tells a role that waits for "exit" to end, and waits for it; once,
+// so that a test can both defer it and call it where the order matters.
+func (p *proc) exit() {
+	p.t.Helper()
+	if p.ended {
+		return
+	}
+	p.ended = true
+	p.send("exit")
+	p.wait()
 }
 
 func (p *proc) wait() {
