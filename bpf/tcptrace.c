@@ -812,10 +812,22 @@ static __always_inline int state_push(const struct sock *sk, int oldstate, int n
 		return 0;
 	__u32 d = n->depth;
 	if (d < NEST_DEPTH) {
+		/* The slot is emptied and claimed before it is filled. Where the
+		 * kernel runs nested programs (before 6.10), a change in a softirq
+		 * that interrupted between filling and claiming put its own token
+		 * in the slot and popped it; the claim then left that token on the
+		 * stack, and a later change of that socket with the same states (a
+		 * reused address) took it and went out twice (seen on 5.10). Now a
+		 * nested change pushes above the claimed slot, which holds no
+		 * socket or this change's. */
 		struct change_token *t = &n->token[d & (NEST_DEPTH - 1)];
-		t->sk = (__u64)sk;
-		t->states = change_states(oldstate, newstate);
+		t->sk = 0;
+		asm volatile("" ::: "memory"); /* the stores stay in this order */
 		n->depth = d + 1;
+		asm volatile("" ::: "memory");
+		t->states = change_states(oldstate, newstate);
+		asm volatile("" ::: "memory");
+		t->sk = (__u64)sk;
 	}
 	return 0;
 }
