@@ -88,8 +88,61 @@ func runResets(in *bufio.Reader, addr string) error {
 	fmt.Printf("timewait %d %d %s\n", port(c), ap.Port(), errnoName(err))
 	s.Close()
 
+	if err := resetOnOverflow(netip.AddrPortFrom(ap.Addr(), ap.Port()+2)); err != nil {
+		return fmt.Errorf("overflow: %w", err)
+	}
+
 	fmt.Println("done")
 	waitLine(in, "exit")
+	return nil
+}
+
+// resetOnOverflow draws resets from a listener at addr and its accept queue
+// (net.ipv4.tcp_abort_on_overflow set). "overflow": a handshake's final ACK,
+// held back by the client (TCP_DEFER_ACCEPT), finds the backlog-1 accept
+// queue filled by two plain connections meanwhile, and the listener answers
+// it with a reset (its request socket's). "purge1", "purge2": the listener
+// closes with those two never accepted, and each is reset.
+func resetOnOverflow(addr netip.AddrPort) error {
+	lfd, err := listenBacklog(addr.String(), 1, false)
+	if err != nil {
+		return err
+	}
+	sa, err := sockaddr(addr.String())
+	if err != nil {
+		return err
+	}
+	fd, err := deferredConnect(sa, true)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(fd)
+	var queued []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp4", addr.String())
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		queued = append(queued, c)
+	}
+	// The held-back ACK goes out ~200 ms later; the reset fails a read.
+	err = syscall.EAGAIN
+	for deadline := time.Now().Add(10 * time.Second); err == syscall.EAGAIN && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		_, err = syscall.Read(fd, make([]byte, 1))
+	}
+	local, err2 := syscall.Getsockname(fd)
+	if err2 != nil {
+		return err2
+	}
+	fmt.Printf("overflow %d %d %s\n", addr.Port(), local.(*syscall.SockaddrInet4).Port, errnoName(err))
+
+	syscall.Close(lfd)
+	for i, c := range queued {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		fmt.Printf("purge%d %d %d %s\n", i+1, addr.Port(), c.LocalAddr().(*net.TCPAddr).Port, errnoName(err))
+	}
 	return nil
 }
 
@@ -128,7 +181,11 @@ func waitUnread(c *net.TCPConn) error {
 // its owner and its state, and a reset for a segment no socket took (a closed
 // port) names the ends it went between and no socket, one a timewait
 // socket sent (data after the peer's close) its ends and TIME_WAIT but no
-// socket or owner. Kernels whose tracepoint passes no reason fire it for
+// socket or owner. With net.ipv4.tcp_abort_on_overflow set, a final ACK
+// that finds the accept queue full draws a reset from the listener (named
+// with its owner, in LISTEN, the ends the packet's), and the connections
+// left in the queue are reset as the listener closes (CLOSE, the listener's
+// owner). Kernels whose tracepoint passes no reason fire it for
 // full sockets only: there those two come from tcp_v4_send_reset() (fentry,
 // or a forced kprobe where the kernel has kprobes), and from the tracepoint
 // alone they are missing, as the hook says ("full sockets only"). The
@@ -144,19 +201,29 @@ func TestResetsSent(t *testing.T) {
 		tracers["kprobe"] = startTracer(t, "--events", "resets", "-v", "--hook-kind", "kprobe")
 	}
 	other := startTracer(t, "--events", "resets", "--pid", "1")
+	if err := ns.sysctl("net/ipv4/tcp_abort_on_overflow", "1"); err != nil {
+		t.Fatal(err)
+	}
 	before := nsCounters(t, ns)
 	w := startRole(t, ns, "resets", "-addr", fmt.Sprintf("127.0.0.1:%d", port))
 	defer w.exit()
 
 	type reset struct {
 		lport, rport uint16
-		state        string // the sender's; CLOSE with a socket and an owner
+		state        string // the sender's
 		reason       string // the kernel's, where it gives one; "" not checked
+		full         bool   // sent by a full socket: it and its owner named
 	}
 	want := map[string]reset{}
-	for _, c := range []struct{ kind, errno, state, reason string }{
-		{"unread", "ECONNRESET", "CLOSE", ""}, {"linger", "ECONNRESET", "CLOSE", ""},
-		{"closed", "ECONNREFUSED", "", "no_socket"}, {"timewait", "EPIPE|ECONNRESET", "TIME_WAIT", "tcp_timewait_socket"},
+	for _, c := range []struct {
+		kind, errno, state, reason string
+		full                       bool
+	}{
+		{"unread", "ECONNRESET", "CLOSE", "", true}, {"linger", "ECONNRESET", "CLOSE", "", true},
+		{"closed", "ECONNREFUSED", "", "no_socket", false},
+		{"timewait", "EPIPE|ECONNRESET", "TIME_WAIT", "tcp_timewait_socket", false},
+		{"overflow", "ECONNRESET", "LISTEN", "", true},
+		{"purge1", "ECONNRESET", "CLOSE", "", true}, {"purge2", "ECONNRESET", "CLOSE", "", true},
 	} {
 		fs := strings.Fields(w.expectWithin(c.kind, 30*time.Second))
 		if len(fs) != 3 || !slices.Contains(strings.Split(c.errno, "|"), fs[2]) {
@@ -167,7 +234,7 @@ func TestResetsSent(t *testing.T) {
 		if err := errors.Join(err1, err2); err != nil {
 			t.Fatal(err)
 		}
-		want[c.kind] = reset{uint16(l), uint16(r), c.state, c.reason}
+		want[c.kind] = reset{uint16(l), uint16(r), c.state, c.reason, c.full}
 	}
 	w.expect("done")
 	if d := nsCounters(t, ns)["OutRsts"] - before["OutRsts"]; d != uint64(len(want)) {
@@ -194,7 +261,7 @@ func TestResetsSent(t *testing.T) {
 			continue
 		}
 		for what, wr := range want {
-			if wr.state != "CLOSE" && fullOnly {
+			if !wr.full && fullOnly {
 				continue
 			}
 			var r *record
@@ -206,10 +273,10 @@ func TestResetsSent(t *testing.T) {
 			switch {
 			case r == nil:
 				t.Errorf("%s: no reset record %d -> %d (%s):\n%s", kind, wr.lport, wr.rport, what, dump(got))
-			case wr.state == "CLOSE" && (r.PID != w.pid() || r.State != "CLOSE" || r.Sock == ""):
+			case wr.full && (r.PID != w.pid() || r.State != wr.state || r.Sock == ""):
 				// An abort closes the socket first, then sends the reset.
-				t.Errorf("%s: %s: %s, want owner %d, state CLOSE, a socket", kind, what, r, w.pid())
-			case wr.state != "CLOSE" && (r.PID != 0 || r.State != wr.state || r.Sock != "" || reasons && r.Reason != wr.reason):
+				t.Errorf("%s: %s: %s, want owner %d, state %s, a socket", kind, what, r, w.pid(), wr.state)
+			case !wr.full && (r.PID != 0 || r.State != wr.state || r.Sock != "" || reasons && r.Reason != wr.reason):
 				t.Errorf("%s: %s: %s, want no owner or socket, state %q, and the reason %s where the kernel gives one",
 					kind, what, r, wr.state, wr.reason)
 			case reasons == (r.Reason == "") || r.Reason == "unknown":
