@@ -258,7 +258,8 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 			truth := after["ListenDrops"] - before["ListenDrops"]
 			var sum uint64
 			var packets, acks []record
-			for _, r := range listenDrops(tr.records("drop", ns)) {
+			rs := listenDrops(tr.records("drop", ns))
+			for _, r := range rs {
 				sum += r.Count
 				if r.PID != ln.pid() || r.LPort != 7070 || r.Reason != "accept_queue_full" {
 					t.Errorf("drop record %s: want pid %d, port 7070, accept_queue_full", r, ln.pid())
@@ -284,7 +285,6 @@ func TestDropsAcceptQueueFull(t *testing.T) {
 			if sum != truth {
 				t.Fatalf("drop records sum to %d, the kernel counted %d", sum, truth)
 			}
-			rs := listenDrops(tr.records("drop", ns))
 			switch want, wantACKs := perPacketFloor(active, truth); {
 			case want > 0:
 				// Every drop is one SYN or one final ACK, seen as it happens.
@@ -357,9 +357,11 @@ func TestDropsSynQueueFull(t *testing.T) {
 			truthQ := after["TCPReqQFullDrop"] - before["TCPReqQFullDrop"]
 			var sum, sumQ, packetsQ uint64
 			named := map[string]int{} // per-packet records by listener
+			var queueFull []record
 			for _, r := range listenDrops(tr.records("drop", ns)) {
 				sum += r.Count
 				if r.Reason == "syn_queue_full" {
+					queueFull = append(queueFull, r)
 					sumQ += r.Count
 					if perPacket(r) {
 						packetsQ++
@@ -384,9 +386,8 @@ func TestDropsSynQueueFull(t *testing.T) {
 			if sum != truth || sumQ != truthQ {
 				t.Fatalf("records: %d drops (%d syn_queue_full); the kernel counted %d (%d TCPReqQFullDrop)", sum, sumQ, truth, truthQ)
 			}
-			rs := listenDrops(tr.records("drop", ns))
 			burst, _ := strconv.Atoi(rn.burst) // digits, set above
-			if want, _ := perPacketFloor(active, truthQ); packetsQ < want && !missedWave(t, active, rs, packetsQ, want, burst) {
+			if want, _ := perPacketFloor(active, truthQ); packetsQ < want && !missedWave(t, active, queueFull, packetsQ, want, burst) {
 				t.Fatalf("%d dropped SYNs came with their client, of %d: want at least %d", packetsQ, truthQ, want)
 			} else if want > 0 && len(named) != rn.listeners {
 				t.Fatalf("dropped SYNs with their client came from %d listeners (%v): want %d", len(named), named, rn.listeners)
