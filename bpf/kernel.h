@@ -116,8 +116,11 @@ struct request_sock {
 	__u8 num_retrans;
 } __attribute__((preserve_access_index));
 
-/* The SYN queue of a listener (connections whose handshake is under way). */
+/* The SYN queue of a listener (connections whose handshake is under way).
+ * synflood_warned, a u32 in older kernels and a u8 in newer ones, is read as
+ * a u8: its low byte on little-endian machines, and it holds only 0 or 1. */
 struct request_sock_queue {
+	__u8 synflood_warned;
 	atomic_t qlen;
 } __attribute__((preserve_access_index));
 

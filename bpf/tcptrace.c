@@ -1912,6 +1912,7 @@ static __always_inline bool poll_one(__u64 skaddr, struct listen_count *lc, stru
 	l->backlog = BPF_CORE_READ(sk, sk_ack_backlog);
 	l->max_backlog = BPF_CORE_READ(sk, sk_max_ack_backlog);
 	l->syn_queue = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.qlen.counter);
+	l->synflood = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.synflood_warned);
 	if (o)
 		l->owner = *o;
 	return true;

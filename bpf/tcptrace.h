@@ -140,6 +140,10 @@ struct listener {
 	__u16 lport;
 	__u8 saddr[16];
 	struct owner owner;
+	/* The kernel's "Possible SYN flooding" flag: the SYN queue overflowed
+	 * since listen() (cookies sent, or SYNs dropped without them). */
+	__u8 synflood;
+	__u8 pad[7];
 };
 
 /* Set by the loader before load (volatile const: the verifier prunes dead filters). */

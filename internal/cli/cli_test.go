@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tcptrace/tcptrace/internal/cgroup"
 	"github.com/tcptrace/tcptrace/internal/closewait"
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/output"
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
+	"github.com/tcptrace/tcptrace/internal/tracer"
 )
 
 func TestParseDefaults(t *testing.T) {
@@ -238,5 +240,32 @@ func TestParseListenersHookKind(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "--port") || strings.Contains(out.String(), "--hook-kind") {
 		t.Errorf("listeners help: want --port and not the hidden --hook-kind:\n%s", out.String())
+	}
+}
+
+// TestWriteListeners: a row says whether the kernel flagged a SYN flood, in
+// the text table and in JSON.
+func TestWriteListeners(t *testing.T) {
+	rows := []tracer.Listener{
+		{Family: event.IPv4, Addr: netip.MustParseAddr("127.0.0.1"), Port: 80, Backlog: 5, MaxBacklog: 4,
+			SynQueue: 4, SynFlood: true, Drops: 7, PID: 42, Comm: [16]byte{'n', 'g', 'i', 'n', 'x'}, NetNS: 9},
+		{Family: event.IPv6, Addr: netip.MustParseAddr("::"), Port: 443, MaxBacklog: 511, PID: 43, Comm: [16]byte{'n', 'o', 'd', 'e'}},
+	}
+	var text, js bytes.Buffer
+	names := cgroup.NewNamesAt(t.TempDir())
+	if err := writeListeners(&text, output.Text, rows, names); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeListeners(&js, output.JSON, rows, names); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(text.String()), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "SYNFLOOD") ||
+		strings.Fields(lines[1])[5] != "yes" || strings.Fields(lines[2])[5] != "no" {
+		t.Errorf("text table:\n%s", text.String())
+	}
+	objs := strings.Split(strings.TrimSpace(js.String()), "\n")
+	if len(objs) != 2 || !strings.Contains(objs[0], `"syn_flood":true`) || !strings.Contains(objs[1], `"syn_flood":false`) {
+		t.Errorf("JSON:\n%s", js.String())
 	}
 }

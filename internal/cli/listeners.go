@@ -78,8 +78,10 @@ func runListeners(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		var c ListenersConfig
 		var raw rawFlags
 		fmt.Fprintf(stdout, `tcptrace listeners: every listening TCP socket, with its owner, how full its
-accept queue (BACKLOG/MAX) and SYN queue are, and how many connection
-attempts it has dropped since listen() (its own counter, sk_drops).
+accept queue (BACKLOG/MAX) and SYN queue are, whether the kernel has flagged
+a possible SYN flood there (SYNFLOOD: its SYN queue overflowed since listen(),
+and it sent syncookies or, without them, dropped SYNs), and how many
+connection attempts it has dropped since listen() (its own counter, sk_drops).
 
 Usage: sudo tcptrace listeners [flags]
 
@@ -120,7 +122,7 @@ Flags:
 func writeListeners(w io.Writer, format output.Format, rows []tracer.Listener, cgroups *cgroup.Names) error {
 	var b []byte
 	if format == output.Text {
-		b = fmt.Appendf(b, "%-8s %-16s %-28s %13s %6s %10s %11s\n", "PID", "COMM", "LOCAL", "BACKLOG/MAX", "SYNQ", "DROPS", "NETNS")
+		b = fmt.Appendf(b, "%-8s %-16s %-28s %13s %6s %8s %10s %11s\n", "PID", "COMM", "LOCAL", "BACKLOG/MAX", "SYNQ", "SYNFLOOD", "DROPS", "NETNS")
 	}
 	for i := range rows {
 		l := &rows[i]
@@ -137,8 +139,12 @@ func writeListeners(w io.Writer, format output.Format, rows []tracer.Listener, c
 			} else {
 				comm = "?"
 			}
-			b = fmt.Appendf(b, "%-8s %-16s %-28s %13s %6d %10d %11d\n", pid, comm, local,
-				fmt.Sprintf("%d/%d", l.Backlog, l.MaxBacklog), l.SynQueue, l.Drops, l.NetNS)
+			flood := "no"
+			if l.SynFlood {
+				flood = "yes"
+			}
+			b = fmt.Appendf(b, "%-8s %-16s %-28s %13s %6d %8s %10d %11d\n", pid, comm, local,
+				fmt.Sprintf("%d/%d", l.Backlog, l.MaxBacklog), l.SynQueue, flood, l.Drops, l.NetNS)
 			continue
 		}
 		b = append(b, `{"type":"listener","pid":`...)
@@ -151,8 +157,8 @@ func writeListeners(w io.Writer, format output.Format, rows []tracer.Listener, c
 		} else {
 			b = append(b, "null"...)
 		}
-		b = fmt.Appendf(b, `,"family":"%s","laddr":"%s","lport":%d,"backlog":%d,"max_backlog":%d,"syn_queue":%d,"drops":%d,"netns":%d}`+"\n",
-			l.Family, l.Addr, l.Port, l.Backlog, l.MaxBacklog, l.SynQueue, l.Drops, l.NetNS)
+		b = fmt.Appendf(b, `,"family":"%s","laddr":"%s","lport":%d,"backlog":%d,"max_backlog":%d,"syn_queue":%d,"syn_flood":%t,"drops":%d,"netns":%d}`+"\n",
+			l.Family, l.Addr, l.Port, l.Backlog, l.MaxBacklog, l.SynQueue, l.SynFlood, l.Drops, l.NetNS)
 	}
 	_, err := w.Write(b)
 	return err

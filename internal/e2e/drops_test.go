@@ -399,10 +399,27 @@ func TestDropsSynQueueFull(t *testing.T) {
 // TestListenersTable: `tcptrace listeners` shows a listener with its owner,
 // its full accept queue and the drops its namespace counted: by the walk
 // tcptrace picks, and with raw_tp forced, by the run-on-demand walk
-// (bpf_for_each_map_elem), on kernels that have it (5.13+; -v says).
+// (bpf_for_each_map_elem), on kernels that have it (5.13+; -v says). A SYN
+// flood answered with syncookies drops nothing, but the kernel flags it: a
+// second listener, whose SYN queue a burst overflowed (TCPReqQFullDoCookies
+// grew), says syn_flood; the first, whose accept queue alone overflowed,
+// does not.
 func TestListenersTable(t *testing.T) {
 	needRoot(t)
 	ns := newNetNS(t)
+	// The flood's own namespace: its clients' late ACKs and FINs keep
+	// overflowing that accept queue, which the other counts must not see.
+	floodNS := newNetNS(t)
+	fl := startRole(t, floodNS, "backlog1", "-addr", "127.0.0.1:7074", "-backlog", "4")
+	fl.expect("listening")
+	cookies := netstat(t, fl.pid())["TCPReqQFullDoCookies"]
+	b := startRole(t, floodNS, "synburst", "-addr", "127.0.0.1:7074", "-n", "20")
+	b.expect("clients")
+	b.expect("done")
+	b.wait()
+	if netstat(t, fl.pid())["TCPReqQFullDoCookies"] == cookies {
+		t.Fatal("the burst sent no syncookies: the workload did not do what the test needs")
+	}
 	ln := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7072")
 	ln.expect("listening")
 	ov := startRole(t, ns, "overflow", "-addr", "127.0.0.1:7072", "-n", "10", "-deferred", "0")
@@ -410,7 +427,7 @@ func TestListenersTable(t *testing.T) {
 	ov.expect("deferred")
 	exe, _ := os.Executable()
 	for _, kind := range []string{"default", "raw_tp"} {
-		args := []string{"listeners", "-v", "-o", "json", "--port", "7072"}
+		args := []string{"listeners", "-v", "-o", "json", "--port", "7072,7074"}
 		if kind != "default" {
 			args = append(args, "--hook-kind", kind)
 		}
@@ -432,30 +449,42 @@ func TestListenersTable(t *testing.T) {
 				continue
 			}
 		}
+		var r, f map[string]any
 		var rows []map[string]any
 		for _, line := range strings.Split(strings.TrimSpace(stdout), "\n") {
 			var m map[string]any
 			if err := json.Unmarshal([]byte(line), &m); err != nil {
 				t.Fatalf("%s: %q: %v", kind, line, err)
 			}
-			if uint32(m["netns"].(float64)) == ns.ino {
-				rows = append(rows, m)
+			switch uint32(m["netns"].(float64)) {
+			case ns.ino:
+				r = m
+			case floodNS.ino:
+				f = m
+			default:
+				continue
 			}
+			rows = append(rows, m)
 		}
-		if len(rows) != 1 {
-			t.Fatalf("%s: rows for our namespace: %v", kind, rows)
+		if len(rows) != 2 || r == nil || f == nil || r["lport"] != 7072.0 || f["lport"] != 7074.0 {
+			t.Fatalf("%s: rows for our namespaces: %v", kind, rows)
 		}
-		r := rows[0]
 		drops := uint64(r["drops"].(float64))
-		if int(r["pid"].(float64)) != ln.pid() || r["backlog"] != 2.0 || r["max_backlog"] != 1.0 || drops < low || drops > high || low == 0 {
-			t.Fatalf("%s: row %v: want pid %d, backlog 2/1, drops between %d and %d", kind, r, ln.pid(), low, high)
+		if int(r["pid"].(float64)) != ln.pid() || r["backlog"] != 2.0 || r["max_backlog"] != 1.0 || drops < low || drops > high || low == 0 ||
+			r["syn_flood"] != false {
+			t.Fatalf("%s: row %v: want pid %d, backlog 2/1, drops between %d and %d, no SYN flood", kind, r, ln.pid(), low, high)
+		}
+		if int(f["pid"].(float64)) != fl.pid() || f["syn_flood"] != true {
+			t.Fatalf("%s: row %v: want pid %d and the SYN flood the kernel flagged", kind, f, fl.pid())
 		}
 	}
 	ov.expect("done")
 	ov.wait()
-	ln.send("close")
-	ln.expect("closed")
-	ln.exit()
+	for _, l := range []*proc{ln, fl} {
+		l.send("close")
+		l.expect("closed")
+		l.exit()
+	}
 }
 
 // kernelHasSymbol reports whether /proc/kallsyms lists the kernel function name.

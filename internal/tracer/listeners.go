@@ -19,9 +19,12 @@ type Listener struct {
 	Backlog    uint32 // accept queue length
 	MaxBacklog uint32
 	SynQueue   uint32
-	PID, UID   uint32 // owner; PID 0 when unknown
-	Comm       [16]byte
-	Cgroup     uint64
+	// SynFlood: the kernel flagged a possible SYN flood here (its SYN queue
+	// overflowed since listen(): cookies sent, or SYNs dropped without).
+	SynFlood bool
+	PID, UID uint32 // owner; PID 0 when unknown
+	Comm     [16]byte
+	Cgroup   uint64
 }
 
 // ErrNoListenerWalk means the kernel refused the listener walk (iter/bpf_map_elem).
@@ -46,7 +49,7 @@ func (t *Tracer) PollListeners(fn func(*Listener)) error {
 
 func decodeListener(r *tcptraceListener, l *Listener) {
 	*l = Listener{Sock: r.Skaddr, NetNS: r.Netns, Port: r.Lport, Drops: r.Drops, Backlog: r.Backlog,
-		MaxBacklog: r.MaxBacklog, SynQueue: r.SynQueue, PID: r.Owner.Pid, UID: r.Owner.Uid,
+		MaxBacklog: r.MaxBacklog, SynQueue: r.SynQueue, SynFlood: r.Synflood != 0, PID: r.Owner.Pid, UID: r.Owner.Uid,
 		Comm: r.Owner.Comm, Cgroup: r.Owner.Cgroup}
 	if r.Family == afInet6 {
 		l.Family, l.Addr = event.IPv6, netip.AddrFrom16(r.Saddr)

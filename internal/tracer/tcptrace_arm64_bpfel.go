@@ -149,6 +149,8 @@ type tcptraceListener struct {
 	Lport      uint16
 	Saddr      [16]uint8
 	Owner      tcptraceOwner
+	Synflood   uint8
+	Pad        [7]uint8
 }
 
 type tcptraceOwner struct {
