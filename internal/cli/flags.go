@@ -101,7 +101,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	fs.BoolVarP(&c.Help, "help", "h", false, "show this help")
 	fs.StringVar(&c.HookKind, "hook-kind", "", "force this kind of hook wherever a feature has one: "+strings.Join(tracer.HookKinds, ", "))
-	fs.BoolVar(&c.NoMountTracefs, "no-mount-tracefs", false, "never mount tracefs, even when only the classic tracepoint is left")
+	fs.BoolVar(&c.NoMountTracefs, "no-mount-tracefs", false, "never mount tracefs: not for the classic tracepoint, nor privately for the syscalls: tracepoints (sys_exit is used instead)")
 	fs.MarkHidden("hook-kind")
 	fs.StringVar(&raw.unseen, "test-unseen-state", "", "tests: the kernel side ignores changes into this state")
 	fs.MarkHidden("test-unseen-state")

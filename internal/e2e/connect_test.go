@@ -20,7 +20,15 @@ import (
 // not only on the sys_exit program chosen where tracefs is not mounted.
 func TestSynSentPortAtConnect(t *testing.T) {
 	needRoot(t)
-	t.Run("default", func(t *testing.T) { synSentPortAtConnect(t) })
+	t.Run("default", func(t *testing.T) {
+		// The syscalls: tracepoints by default too, tracefs mounted or not
+		// (see TestSyscallTracepointsLeaveNoMount).
+		tr := synSentPortAtConnect(t)
+		const want = "connect port, accept owner: tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect (active)"
+		if !strings.Contains(tr.stderrText(), want) {
+			t.Errorf("-v lacks %q:\n%s", want, tr.stderrText())
+		}
+	})
 	t.Run("tracepoint", func(t *testing.T) {
 		tr := synSentPortAtConnect(t, "--hook-kind", "tracepoint")
 		const want = "connect port, accept owner: tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect (active)"

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,6 +159,52 @@ func TestTracepointLeavesTracefsAsFound(t *testing.T) {
 	if after := tracefsMounted(t); after != before {
 		t.Fatalf("tracefs mounted before: %v, after: %v", before, after)
 	}
+}
+
+// TestSyscallTracepointsLeaveNoMount: where tracefs is not mounted, the
+// syscalls: tracepoints of accept() and connect() are still the active hook
+// (not a program on every system call's exit), and tracefs was mounted for
+// their attach in tcptrace's own mount namespace: no process sees it, during
+// the run or after. With --no-mount-tracefs, the sys_exit fallback.
+func TestSyscallTracepointsLeaveNoMount(t *testing.T) {
+	needRoot(t)
+	if tracefsMounted(t) {
+		unavailable(t, "tracefs is mounted at /sys/kernel/tracing: this test needs a host without it")
+	}
+	tr := startTracer(t, "-v", "--events", "states")
+	const want = "connect port, accept owner: tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect (active)"
+	if !strings.Contains(tr.stderrText(), want) {
+		t.Errorf("-v lacks %q:\n%s", want, tr.stderrText())
+	}
+	// No thread of tcptrace's, nor this process, sees a tracefs mount.
+	tasks, err := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/mountinfo", tr.cmd.Process.Pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("no threads of tcptrace (pid %d) in /proc: %v", tr.cmd.Process.Pid, err)
+	}
+	for _, f := range append(tasks, "/proc/self/mountinfo") {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(b), " - tracefs ") {
+			t.Errorf("%s shows a tracefs mount while tcptrace runs:\n%s", f, b)
+		}
+	}
+	tr.stopClean()
+	if tracefsMounted(t) {
+		t.Error("tracefs is mounted after tcptrace exited")
+	}
+
+	tr = startTracer(t, "-v", "--events", "states", "--no-mount-tracefs")
+	for _, want := range []string{
+		"connect port, accept owner: tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect not used: attach accept_exit_tp: tracefs is not mounted at /sys/kernel/tracing and --no-mount-tracefs forbids mounting it",
+		"connect port, accept owner: tp_btf/sys_exit (active)",
+	} {
+		if !strings.Contains(tr.stderrText(), want) {
+			t.Errorf("--no-mount-tracefs: -v lacks %q:\n%s", want, tr.stderrText())
+		}
+	}
+	tr.stopClean()
 }
 
 func tracefsMounted(t *testing.T) bool {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -245,15 +246,54 @@ func kretprobe(symbol string) func(*ebpf.Program) (link.Link, error) {
 	return func(p *ebpf.Program) (link.Link, error) { return link.Kretprobe(symbol, p, nil) }
 }
 
-// syscallExit attaches to the syscalls:event tracepoint, if tracefs is
-// mounted (or may be, with tracepoints forced).
+// syscallExit attaches to the syscalls:event tracepoint. Where tracefs is
+// not mounted (containers, minimal hosts) it is mounted for the attach alone,
+// in a mount namespace nobody else sees (privateTracefs): the other choice,
+// a program on sys_exit, costs every system call on the host ~150 ns.
 func (t *Tracer) syscallExit(opts *Options, event string) func(*ebpf.Program) (link.Link, error) {
 	return func(p *ebpf.Program) (link.Link, error) {
-		if err := t.ensureTracefs(opts.MountTracefs && opts.HookKind == "tracepoint"); err != nil {
-			return nil, err
+		if tracefsMounted() {
+			return link.Tracepoint("syscalls", event, p, nil)
 		}
-		return link.Tracepoint("syscalls", event, p, nil)
+		if !opts.MountTracefs {
+			return nil, fmt.Errorf("tracefs is not mounted at %s and --no-mount-tracefs forbids mounting it", tracefsPath)
+		}
+		var l link.Link
+		err := privateTracefs(func() (err error) {
+			l, err = link.Tracepoint("syscalls", event, p, nil)
+			return err
+		})
+		return l, err
 	}
+}
+
+// privateTracefs runs fn on a thread of its own, in a mount namespace of its
+// own with tracefs mounted at tracefsPath. A tracepoint needs tracefs only to
+// look up its ID when attached; a mount no other process sees cannot be left
+// behind, nor unmounted under another tool. (cilium/ebpf, finding no tracefs
+// in /proc/self/mountinfo, which shows the main thread's namespace, takes
+// tracefsPath by its file system type, seen from this thread.)
+func privateTracefs(fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// Never unlocked: the thread and its namespace end with this goroutine.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			errc <- fmt.Errorf("unshare a mount namespace to mount tracefs in: %w", err)
+			return
+		}
+		// Private first, or the mount would propagate to the host's /sys.
+		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			errc <- fmt.Errorf("make / private in tcptrace's own mount namespace: %w", err)
+			return
+		}
+		if err := unix.Mount("tracefs", tracefsPath, "tracefs", 0, ""); err != nil {
+			errc <- fmt.Errorf("mount tracefs at %s in tcptrace's own mount namespace: %w", tracefsPath, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
 
 func (t *Tracer) features(opts *Options) ([]feature, error) {
@@ -283,8 +323,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			"and an accepted socket keeps its listener's owner",
 		candidates: []candidate{
 			// Only the system calls wanted: the programs on sys_exit below
-			// run for every system call on the host. These need tracefs,
-			// mounted for them only when tracepoints are forced (tests).
+			// run for every system call on the host.
 			{name: "tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect", kind: "tracepoint", parts: []part{
 				{prog: "accept_exit_tp", attach: t.syscallExit(opts, "sys_exit_accept4")},
 				{prog: "accept_exit_tp", attach: t.syscallExit(opts, "sys_exit_accept")},
@@ -970,12 +1009,16 @@ func (t *Tracer) Close() error {
 
 const tracefsPath = "/sys/kernel/tracing"
 
+func tracefsMounted() bool {
+	var st unix.Statfs_t
+	return unix.Statfs(tracefsPath, &st) == nil && st.Type == unix.TRACEFS_MAGIC
+}
+
 // ensureTracefs mounts tracefs where cilium/ebpf looks for it, if allowed;
 // Close unmounts what it mounted. cilium/ebpf caches the tracefs path on first
 // use, so this must run before any tracefs-based attach.
 func (t *Tracer) ensureTracefs(allowMount bool) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(tracefsPath, &st); err == nil && st.Type == unix.TRACEFS_MAGIC {
+	if tracefsMounted() {
 		return nil
 	}
 	if !allowMount {
