@@ -3,7 +3,8 @@
 #
 # A: a loopback storm of short connections (cmd/tcpstorm), untraced and then
 #    under tcptrace (JSON to a file, text to /dev/null), libbpf-tools
-#    tcpstates and a bpftrace printf script. Ground truth: 10 state changes
+#    tcpstates and a bpftrace printf script, and the floor under them all (the
+#    least a tracer can be on the hook: tcpstorm floor). Ground truth: 10 state changes
 #    per connection + 2 per storm, cross-checked by a bpftrace count(). One
 #    table: rate kept, events delivered, lost, runs the kernel skipped,
 #    tracer CPU per million events, peak RSS, event age (tcptrace -v); then
@@ -151,6 +152,7 @@ start_tracer() {
 		kill -0 "$TPID" 2>/dev/null || { cat "$W/$name.err" >&2; die "$name exited early"; }
 		case $ready in
 		tcptrace) grep -q "tracing TCP state changes" "$W/$name.err" && break ;;
+		floor) grep -q "^floor: attached" "${OUT:-$W/$name.out}" && break ;;
 		perf) (($(ls -l "/proc/$TPID/fd" 2>/dev/null | grep -c perf_event || true) > NCPU)) && break ;;
 		esac
 		sleep 0.1
@@ -258,6 +260,11 @@ counts_bpftrace() { # PID LADDR:LPORT RADDR:RPORT OLD NEW COMM
 	ALL[$1]=$(awk '$2 ~ /:[0-9]+$/ {n++} END {print n+0}' "$W/$1.out")
 	LOST[$1]=$(sum_lost "$W/$1.out" "$W/$1.err")
 }
+counts_floor() { # tcpstorm floor: records read at exit (record mode; all ports)
+	EV[$1]="-" LOST[$1]="-"
+	ALL[$1]=$(sed -n 's/^floor: records=\([0-9]*\)/\1/p' "$W/$1.out")
+	[[ $1 == floor-record ]] || ALL[$1]="-"
+}
 counts_truth() { # bpftrace count() of the storm's port: @n at exit
 	EV[$1]=$(sed -n 's/^@n: \([0-9]*\)/\1/p' "$W/$1.out")
 	ALL[$1]="-" LOST[$1]="-"
@@ -325,6 +332,11 @@ part_storm() {
 	if [[ ${EV[truth]} != "$truth" ]]; then
 		say "warning: bpftrace count() saw ${EV[truth]:-?} state changes, not $truth (10 per connection + 2; it skipped ${SKIP[truth]})"
 	fi
+	# The floor under every tracer here: the least a tracer can be on
+	# tcptrace's hook (tp_btf/inet_sock_set_state), what the hook itself
+	# costs this machine's workload.
+	traced_between floor-hook floor counts_floor "$W/tcpstorm" floor -mode hook
+	traced_between floor-record floor counts_floor "$W/tcpstorm" floor -mode record
 	traced_between tcptrace-json tcptrace counts_tcptrace "$W/tcptrace" -o json -v
 	OUT=/dev/null traced_between tcptrace-text tcptrace counts_tcptrace "$W/tcptrace" -v
 	traced_between tcpstates perf counts_tcpstates "$TCPSTATES"
@@ -344,12 +356,17 @@ part_storm() {
 	echo "   the host's other traffic too); CPU: the tracer's utime+stime from the first storm to its exit,"
 	echo "   per million lines written; RSS: peak (VmHWM) over its whole life; lost: as the tracer reports"
 	echo "   it (buffer full); skipped: runs of its BPF programs the kernel skipped (recursion) that no other program recorded."
+	echo "   floor rows (tcpstorm floor): on tcptrace's hook, tp_btf/inet_sock_set_state, a program that returns at once,"
+	echo "   and one writing a 24-byte record per change to a ring buffer read every 5 ms: the least any tracer of"
+	echo "   these changes costs this machine's workload (written: records read, all ports)."
 	row "run" "conn/s" "(min-max)" "kept" "storm evs/truth" "lost" "skipped" "written" "CPU s" "CPU-s/M" "RSS MB" "event age p50/p99"
 	row "untraced (all blocks)" "$b" "$(span "${all_base[@]}")" "100%" "-" "-" "-" "-" "-" "-" "-" "-"
-	for n in truth tcptrace-json tcptrace-text tcpstates bpftrace; do
+	for n in truth floor-hook floor-record tcptrace-json tcptrace-text tcpstates bpftrace; do
 		local label=$n ev=${EV[$n]}/$truth age=-
 		case $n in
 		truth) label="bpftrace count() [truth]" ev="${EV[$n]}/$((ROUNDS * (10 * CONNS + 2)))" ;;
+		floor-hook) label="floor: empty tp_btf prog" ev="-" ;;
+		floor-record) label="floor: bare record/change" ev="-" ;;
 		tcptrace-json) label="tcptrace -o json -v >file" age="${AGE50[$n]:-?} / ${AGE99[$n]:-?}" ;;
 		tcptrace-text) label="tcptrace >/dev/null" ev="-" ;;
 		tcpstates) label="tcpstates (libbpf-tools)" ;;
@@ -359,7 +376,7 @@ part_storm() {
 			"${CPUS[$n]}" "$(per_m "${CPUS[$n]}" "${ALL[$n]}")" "${RSS[$n]}" "$age"
 	done
 	printf '   untraced storms around each run (median, conn/s):'
-	for n in truth tcptrace-json tcptrace-text tcpstates bpftrace; do printf ' %s %s' "$n" "${BASE[$n]}"; done
+	for n in truth floor-hook floor-record tcptrace-json tcptrace-text tcpstates bpftrace; do printf ' %s %s' "$n" "${BASE[$n]}"; done
 	echo
 	echo
 	echo "   Output to a file, and what writing those bytes alone costs here (dd copying the file to a new one):"
@@ -379,6 +396,7 @@ part_storm() {
 		$((${EV[$j]:-0} == truth && ${LOST[$j]:-1} == 0 && ${LOST[$t]:-1} == 0 && ${SKIP[$j]:-1} == 0 && ${SKIP[$t]:-1} == 0))
 	ok=$(awk -v j="${RATE[$j]}" -v t="${RATE[$t]}" -v bj="${BASE[$j]}" -v bt="${BASE[$t]}" 'BEGIN {ok = j >= 0.9 * bj && t >= 0.9 * bt; print ok}')
 	check "workload keeps >= 90% of its untraced rate (json $(kept "$j"), text $(kept "$t"))" "$ok"
+	TARGETS+=("      (the floor on this hook here: an empty program kept $(kept floor-hook), a bare record per change $(kept floor-record))")
 	local cj ct
 	cj=$(per_m "${CPUS[$j]}" "${ALL[$j]}") ct=$(per_m "${CPUS[$t]}" "${ALL[$t]}")
 	ok=$(awk -v a="$cj" -v b="$ct" 'BEGIN {ok = a <= 0.5 && b <= 0.5; print ok}')

@@ -15,6 +15,7 @@ const usage = `usage: tcpstorm COMMAND [flags]
 commands:
   storm   short connections to a server it runs itself; prints the rate
   leak    processes holding sockets in CLOSE_WAIT, until SIGTERM
+  floor   the least a tracer can be on tcptrace's hook, until SIGINT
   cwsum   sum the "count" of 'tcptrace closewait -o json' lines on stdin
   leaker  (internal) one leaking process, started by leak
 
@@ -31,6 +32,7 @@ func main() {
 		"leak":   runLeak,
 		"leaker": runLeaker,
 		"cwsum":  runCWSum,
+		"floor":  runFloor,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
