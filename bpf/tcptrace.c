@@ -153,7 +153,9 @@ volatile __u64 last_fate_ns;
 
 struct listen_count {
 	__u32 seen;    /* sk_drops reported so far */
-	__u32 pad;
+	__u8 flood_before; /* synflood_warned was set at first sight */
+	__u8 flood_told;   /* a DROP_SYN_FLOOD record went out */
+	__u8 pad[2];
 	/* When a watched queue check last began at a full queue: a drop it makes
 	 * is counted before its exit reports the packet, so the walk leaves the
 	 * listener alone for a moment (cfg.watch_busy_ns) rather than count it. */
@@ -517,7 +519,10 @@ static __always_inline bool drop_wanted(const struct drop *d)
 static __always_inline void watch_listener(const struct sock *sk)
 {
 	__u64 skaddr = (__u64)sk;
-	struct listen_count lc = { .seen = BPF_CORE_READ(sk, sk_drops.counter) };
+	struct listen_count lc = {
+		.seen = BPF_CORE_READ(sk, sk_drops.counter),
+		.flood_before = BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.synflood_warned),
+	};
 	bpf_map_update_elem(&listen_drops, &skaddr, &lc, BPF_NOEXIST);
 	struct listen_key lk = { .netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum),
 				 .port = local_port(sk, false) };
@@ -1885,6 +1890,24 @@ int BPF_PROG(syn_consumed, struct sk_buff *skb, void *location)
 	return 0;
 }
 
+/* Report the kernel's SYN-flood flag on a listener, once. The walk alone
+ * looks (not the state program, at a listener's close: a flag set within a
+ * walk's interval of the close goes unreported). */
+static __always_inline void report_flood(const struct sock *sk, struct listen_count *lc, const struct owner *o, __u64 now)
+{
+	if (lc->flood_told ||
+	    !BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.synflood_warned))
+		return;
+	lc->flood_told = 1;
+	struct drop d = {};
+	if (!fill_listener(&d, sk, o) || !drop_wanted(&d))
+		return;
+	d.ts_ns = now;
+	d.kind = DROP_SYN_FLOOD;
+	d.reason = lc->flood_before;
+	output_record(&d, sizeof(d));
+}
+
 /*
  * Walks the listeners being watched (in every network namespace): reports
  * the drops sk_drops counted since the last walk (SYNs dropped for a full
@@ -1900,6 +1923,7 @@ static __always_inline bool poll_one(__u64 skaddr, struct listen_count *lc, stru
 	__u64 now = bpf_ktime_get_ns();
 	if (now - lc->busy_ns >= cfg.watch_busy_ns)
 		report_counted_drops(sk, &lc->seen, o, now);
+	report_flood(sk, lc, o, now);
 
 	__u8 unused[16];
 	l->family = read_addrs(sk, l->saddr, unused, false);

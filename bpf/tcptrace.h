@@ -29,6 +29,12 @@ enum drop_kind {
 	 * tcp_drop()): local and remote ends from the packet, the socket's owner
 	 * when the socket is known; skaddr 0 when not. */
 	DROP_OTHER = 5,
+	/* Not a drop: the kernel flagged the listener's SYN queue as flooded
+	 * (icsk_accept_queue.synflood_warned, set with its "Possible SYN
+	 * flooding" warning, once per listener); count 0, syncookies says
+	 * whether cookies answer the SYNs or they are dropped, reason is 1 if
+	 * the flag was set before tcptrace first saw the listener. */
+	DROP_SYN_FLOOD = 6,
 };
 
 enum event_flag {
@@ -111,7 +117,7 @@ struct drop {
 	__u64 ts_ns;     /* CLOCK_MONOTONIC */
 	__u64 skaddr;    /* the listener (DROP_OTHER: the socket, 0 if unknown) */
 	__u32 count;     /* drops this record stands for */
-	__u32 reason;    /* enum skb_drop_reason of the running kernel (DROP_PACKET, DROP_OTHER) */
+	__u32 reason;    /* enum skb_drop_reason of the running kernel (DROP_PACKET, DROP_OTHER); see DROP_SYN_FLOOD */
 	enum record_type type;
 	__u32 netns;
 	__u32 backlog;   /* accept queue length */

@@ -93,7 +93,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVarP(&raw.v4, "ipv4", "4", false, "only IPv4 (including v4-mapped IPv6)")
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
-	fs.StringSliceVar(&raw.events, "events", []string{"states", "drops"}, "record kinds: states, drops, retransmits (each segment the kernel retransmits), resets (each reset this host sends)")
+	fs.StringSliceVar(&raw.events, "events", []string{"states", "drops"}, "record kinds: states, drops (with SYN floods), retransmits (each segment the kernel retransmits), resets (each reset this host sends)")
 	fs.IntVar(&c.DropRate, "drop-rate", 50, "per-packet drop records per listener per second before they fold into a summary")
 	fs.DurationVar(&c.CloseWaitAlert, "close-wait-alert", 0, "report each socket stuck in CLOSE_WAIT this long (a close_wait_stuck record)")
 	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts")

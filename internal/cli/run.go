@@ -228,6 +228,15 @@ type pipeline struct {
 }
 
 func (p *pipeline) Record(e *event.Event) error {
+	if e.Kind == event.KindSynFlood { // not a drop: nothing to count or fold
+		if p.owners != nil {
+			p.owners.Enrich(e, tracer.Mono)
+		}
+		if !p.wanted(e) {
+			return nil
+		}
+		return p.out.Write(e)
+	}
 	if e.Kind == event.KindDrop {
 		if p.owners != nil {
 			p.owners.Enrich(e, tracer.Mono)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf/btf"
 )
@@ -621,5 +622,87 @@ func TestMissedWave(t *testing.T) {
 		if got := missedWave(t, c.active, c.rs, named, 153, 40); got != c.want {
 			t.Errorf("%s: missedWave = %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+// TestSynFloodRecord: the kernel's SYN-flood flag on a listener (its
+// "Possible SYN flooding" warning) comes into the stream once, with the
+// listener's owner and what the kernel does with the SYNs past the full
+// queue: with syncookies on, a flood that drops nothing (TCPReqQFullDoCookies
+// grew), "cookies"; with them off, "drop" (TCPReqQFullDrop grew). A listener
+// flagged before tcptrace started is reported too, at its first walk, with
+// before_start; a second burst at a flagged listener adds no record.
+func TestSynFloodRecord(t *testing.T) {
+	needRoot(t)
+	burst := func(ns *netNS, addr string) {
+		b := startRole(t, ns, "synburst", "-addr", addr, "-n", "20")
+		b.expect("clients")
+		b.expect("done")
+		b.wait()
+	}
+	for _, tc := range []struct{ name, syncookies, counter, action string }{
+		{"cookies", "1", "TCPReqQFullDoCookies", "cookies"},
+		{"no-cookies", "0", "TCPReqQFullDrop", "drop"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := newNetNS(t)
+			if err := ns.sysctl("net/ipv4/tcp_syncookies", tc.syncookies); err != nil {
+				t.Fatal(err)
+			}
+			early := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7076", "-backlog", "4")
+			early.expect("listening")
+			burst(ns, "127.0.0.1:7076")
+
+			tr := startTracer(t, "--events", "drops")
+			ln := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7075", "-backlog", "4")
+			ln.expect("listening")
+			before := netstat(t, ln.pid())
+			burst(ns, "127.0.0.1:7075")
+			if after := netstat(t, ln.pid()); after[tc.counter] == before[tc.counter] {
+				t.Fatalf("the burst did not overflow the SYN queue (%s did not grow): the workload did not do what the test needs", tc.counter)
+			}
+			floods := func() map[uint16][]record {
+				m := map[uint16][]record{}
+				for _, r := range tr.records("syn_flood", ns) {
+					m[r.LPort] = append(m[r.LPort], r)
+				}
+				return m
+			}
+			deadline := time.Now().Add(waitLong)
+			for len(floods()) < 2 && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+			burst(ns, "127.0.0.1:7075") // flagged already: nothing new
+			time.Sleep(time.Second)     // four listener walks (every 250 ms)
+			for _, l := range []*proc{ln, early} {
+				l.send("close")
+				l.expect("closed")
+				l.exit()
+			}
+			tr.stopClean()
+
+			got := floods()
+			for _, want := range []struct {
+				port   uint16
+				pid    int
+				before bool
+			}{{7075, ln.pid(), false}, {7076, early.pid(), true}} {
+				rs := got[want.port]
+				if len(rs) != 1 {
+					t.Errorf("port %d: %d syn_flood records, want 1: %v", want.port, len(rs), rs)
+					continue
+				}
+				r := rs[0]
+				if r.PID != want.pid || r.LAddr != "127.0.0.1" || r.Action != tc.action || r.Syncookies == nil ||
+					fmt.Sprint(*r.Syncookies) != tc.syncookies || r.BeforeStart == nil || *r.BeforeStart != want.before ||
+					r.MaxBacklog == nil || *r.MaxBacklog != 4 {
+					t.Errorf("port %d: %+v: want pid %d, 127.0.0.1, action %s, syncookies %s, before_start %v, max_backlog 4",
+						want.port, r, want.pid, tc.action, tc.syncookies, want.before)
+				}
+			}
+			if len(got) != 2 {
+				t.Errorf("syn_flood records for ports %v, want 7075 and 7076", got)
+			}
+		})
 	}
 }

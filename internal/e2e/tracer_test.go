@@ -41,6 +41,10 @@ type record struct {
 	Reason       string   `json:"reason"`
 	KernelReason *string  `json:"kernel_reason"`
 	Backlog      *uint32  `json:"backlog"`
+	MaxBacklog   *uint32  `json:"max_backlog"`
+	Syncookies   *uint8   `json:"syncookies"`
+	Action       string   `json:"action"`
+	BeforeStart  *bool    `json:"before_start"`
 	AgeSeconds   *float64 `json:"age_seconds"`
 	AgeAtLeast   *float64 `json:"age_at_least_seconds"`
 }

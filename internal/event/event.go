@@ -39,6 +39,13 @@ const (
 	// the ends are the connection's (LAddr:LPort this host's). Sock is 0
 	// without a socket.
 	KindReset
+	// KindSynFlood: the kernel flagged the listener LAddr:LPort (Sock) as
+	// possibly SYN-flooded, its SYN queue having overflowed (its "Possible
+	// SYN flooding" warning, once per listener): Drop.Syncookies says
+	// whether cookies answered the SYNs past the queue or they were dropped,
+	// Drop.FloodBefore that the flag predates tcptrace's first sight of the
+	// listener; Drop's queue figures are as polled.
+	KindSynFlood
 )
 
 // Family is the address family shown to the user (v4-mapped IPv6 is IPv4).
@@ -135,6 +142,12 @@ type Drop struct {
 	MaxBacklog  uint32
 	SynQueue    uint32 // handshakes under way
 	ClientKnown bool
+	// Syncookies is the listener's namespace's net.ipv4.tcp_syncookies
+	// (KindSynFlood).
+	Syncookies uint8
+	// FloodBefore: the SYN-flood flag was already set when tcptrace first
+	// saw the listener (KindSynFlood).
+	FloodBefore bool
 	// TopClients, for a summary of folded per-packet drops: most frequent first.
 	TopClients []ClientCount
 }

@@ -270,6 +270,9 @@ func (f *Formatter) AppendText(b []byte, e *event.Event) []byte {
 	if e.Kind == event.KindDrop {
 		return appendDropText(b, e)
 	}
+	if e.Kind == event.KindSynFlood {
+		return appendFloodText(b, e)
+	}
 	stuck := e.Kind == event.KindCloseWaitStuck
 	start := len(b)
 	if e.OwnerKnown() {
@@ -441,6 +444,9 @@ func (f *Formatter) AppendJSON(b []byte, e *event.Event) []byte {
 	if e.Kind == event.KindDrop {
 		return f.appendDropJSON(b, e)
 	}
+	if e.Kind == event.KindSynFlood {
+		return f.appendFloodJSON(b, e)
+	}
 	switch e.Kind {
 	case event.KindCloseWaitStuck:
 		b = append(b, `{"type":"close_wait_stuck","time":"`...)
@@ -565,6 +571,64 @@ func appendDropText(b []byte, e *event.Event) []byte {
 		b = append(b, "? -"...)
 	}
 	return append(b, '\n')
+}
+
+// appendFloodText writes the kernel's SYN-flood flag on a listener, e.g.
+// "SYN FLOOD (0/4, syn queue 4) 127.0.0.1:7074 sending cookies node 4242".
+func appendFloodText(b []byte, e *event.Event) []byte {
+	d := &e.Drop
+	b = append(b, "SYN FLOOD ("...)
+	b = appendUint(b, uint64(d.Backlog))
+	b = append(b, '/')
+	b = appendUint(b, uint64(d.MaxBacklog))
+	b = append(b, ", syn queue "...)
+	b = appendUint(b, uint64(d.SynQueue))
+	b = append(b, ") "...)
+	b = appendAddrPort(b, nil, e.LAddr, e.Family, e.LPort)
+	if d.Syncookies != 0 {
+		b = append(b, " sending cookies"...)
+	} else {
+		b = append(b, " dropping SYNs (tcp_syncookies=0)"...)
+	}
+	if d.FloodBefore {
+		b = append(b, " (flagged before tcptrace started)"...)
+	}
+	b = append(b, ' ')
+	if e.OwnerKnown() {
+		b = AppendPrintable(b, e.CommBytes())
+		b = append(b, ' ')
+		b = appendUint(b, uint64(e.PID))
+	} else {
+		b = append(b, "? -"...)
+	}
+	return append(b, '\n')
+}
+
+// appendFloodJSON writes the kernel's SYN-flood flag on a listener: action
+// "cookies" (SYNs past the full queue answered with syncookies) or "drop".
+func (f *Formatter) appendFloodJSON(b []byte, e *event.Event) []byte {
+	d := &e.Drop
+	b = append(b, `{"type":"syn_flood","time":"`...)
+	b = f.appendJSONTime(b, e.Time)
+	b = append(b, '"')
+	b = f.appendPIDAndOwner(b, e)
+	b = f.appendLocal(b, e)
+	b = append(b, `,"backlog":`...)
+	b = appendUint(b, uint64(d.Backlog))
+	b = append(b, `,"max_backlog":`...)
+	b = appendUint(b, uint64(d.MaxBacklog))
+	b = append(b, `,"syn_queue":`...)
+	b = appendUint(b, uint64(d.SynQueue))
+	b = append(b, `,"syncookies":`...)
+	b = appendUint(b, uint64(d.Syncookies))
+	if d.Syncookies != 0 {
+		b = append(b, `,"action":"cookies"`...)
+	} else {
+		b = append(b, `,"action":"drop"`...)
+	}
+	b = append(b, `,"before_start":`...)
+	b = strconv.AppendBool(b, d.FloodBefore)
+	return f.appendSocketTail(b, e)
 }
 
 // appendDropJSON writes a drop record; raddr and rport are null when the

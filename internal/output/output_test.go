@@ -818,3 +818,43 @@ func TestReset(t *testing.T) {
 		}
 	}
 }
+
+// The kernel's SYN-flood flag on a listener: the queues, what the kernel
+// does with the SYNs past them, and whether the flag predates tcptrace.
+func TestSynFlood(t *testing.T) {
+	e := dropSample()
+	e.Kind = event.KindSynFlood
+	e.RAddr, e.RPort = netip.Addr{}, 0
+	e.Drop = event.Drop{Reason: "syn_flood", Backlog: 0, MaxBacklog: 4, SynQueue: 4, Syncookies: 1}
+	want := "04:33:18.123 SYN FLOOD (0/4, syn queue 4) 10.0.0.5:3000 sending cookies node 2329\n"
+	if line := string(AppendText(nil, e, time.UTC)); line != want {
+		t.Fatalf("got\n%q\nwant\n%q", line, want)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	wantJSON := map[string]any{"type": "syn_flood", "pid": 2329.0, "comm": "node", "laddr": "10.0.0.5", "lport": 3000.0,
+		"backlog": 0.0, "max_backlog": 4.0, "syn_queue": 4.0, "syncookies": 1.0, "action": "cookies", "before_start": false}
+	for k, v := range wantJSON {
+		if m[k] != v {
+			t.Errorf("%s = %#v, want %#v", k, m[k], v)
+		}
+	}
+	if _, ok := m["raddr"]; ok {
+		t.Errorf("a listener's flag has no client: %v", m)
+	}
+
+	e.Drop.Syncookies, e.Drop.FloodBefore, e.PID = 0, true, 0
+	want = "04:33:18.123 SYN FLOOD (0/4, syn queue 4) 10.0.0.5:3000 dropping SYNs (tcp_syncookies=0) (flagged before tcptrace started) ? -\n"
+	if line := string(AppendText(nil, e, time.UTC)); line != want {
+		t.Fatalf("got\n%q\nwant\n%q", line, want)
+	}
+	m = nil
+	if err := json.Unmarshal(AppendJSON(nil, e), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m["action"] != "drop" || m["syncookies"] != 0.0 || m["before_start"] != true || m["pid"] != 0.0 {
+		t.Fatalf("json: %v", m)
+	}
+}

@@ -172,7 +172,7 @@ const maxUnheld = 1 << 16
 // is the kernel's current CLOCK_MONOTONIC time, used to date a new scan.
 func (r *Resolver) Enrich(e *event.Event, mono func() uint64) {
 	switch e.Kind {
-	case event.KindState, event.KindDrop, event.KindRetrans:
+	case event.KindState, event.KindDrop, event.KindRetrans, event.KindSynFlood:
 	case event.KindReset:
 		if e.Sock == 0 { // no socket sent it: no one to find
 			return

@@ -144,6 +144,12 @@ func decodeDrop(raw []byte, wallOffset int64, reasons *kernelReasons, ev *event.
 			ev.Drop.KernelReason = reasons.name(r.Reason)
 		}
 		ev.Drop.Reason = ev.Drop.KernelReason
+	case tcptraceDropKindDROP_SYN_FLOOD:
+		ev.Kind = event.KindSynFlood
+		ev.Drop.Reason = "syn_flood"
+		ev.Drop.ClientKnown = false
+		ev.Drop.Syncookies = r.Syncookies
+		ev.Drop.FloodBefore = r.Reason != 0
 	case tcptraceDropKindDROP_ACK:
 		// The handshake's last step failed: for want of accept queue room,
 		// or (rarely) memory or a route.

@@ -269,3 +269,25 @@ func TestDecodeSeenDrops(t *testing.T) {
 		}
 	}
 }
+
+// The kernel's SYN-flood flag on a listener: its own kind, not a drop (no
+// count, no client), with the namespace's syncookies and whether the flag
+// predates tcptrace (the record's reason field).
+func TestDecodeSynFlood(t *testing.T) {
+	for _, before := range []uint32{0, 1} {
+		r := &tcptraceDrop{TsNs: 10, Skaddr: 0xabc, Reason: before, Type: tcptraceRecordTypeRECORD_DROP,
+			Netns: 7, MaxBacklog: 4, SynQueue: 4, Family: afInet, Lport: 7074, Syncookies: 1,
+			Kind: uint8(tcptraceDropKindDROP_SYN_FLOOD), Owner: tcptraceOwner{Pid: 4242}}
+		copy(r.Saddr[:], []byte{127, 0, 0, 1})
+		var ev event.Event
+		if err := decode(dropRaw(r), 0, testReasons, &ev); err != nil {
+			t.Fatal(err)
+		}
+		d := ev.Drop
+		if ev.Kind != event.KindSynFlood || d.Reason != "syn_flood" || d.Count != 0 || d.ClientKnown ||
+			d.Syncookies != 1 || d.FloodBefore != (before == 1) || ev.PID != 4242 || ev.LPort != 7074 ||
+			ev.LAddr.String() != "127.0.0.1" || ev.Sock != 0xabc || d.SynQueue != 4 || d.MaxBacklog != 4 {
+			t.Fatalf("before=%d: %+v", before, ev)
+		}
+	}
+}

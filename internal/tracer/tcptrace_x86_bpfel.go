@@ -65,11 +65,12 @@ type tcptraceDrop struct {
 type tcptraceDropKind uint32
 
 const (
-	tcptraceDropKindDROP_PACKET  tcptraceDropKind = 1
-	tcptraceDropKindDROP_COUNTED tcptraceDropKind = 2
-	tcptraceDropKindDROP_SYN     tcptraceDropKind = 3
-	tcptraceDropKindDROP_ACK     tcptraceDropKind = 4
-	tcptraceDropKindDROP_OTHER   tcptraceDropKind = 5
+	tcptraceDropKindDROP_PACKET    tcptraceDropKind = 1
+	tcptraceDropKindDROP_COUNTED   tcptraceDropKind = 2
+	tcptraceDropKindDROP_SYN       tcptraceDropKind = 3
+	tcptraceDropKindDROP_ACK       tcptraceDropKind = 4
+	tcptraceDropKindDROP_OTHER     tcptraceDropKind = 5
+	tcptraceDropKindDROP_SYN_FLOOD tcptraceDropKind = 6
 )
 
 type tcptraceDropWatch struct {
@@ -119,10 +120,12 @@ type tcptraceFate struct {
 }
 
 type tcptraceListenCount struct {
-	_      structs.HostLayout
-	Seen   uint32
-	Pad    uint32
-	BusyNs uint64
+	_           structs.HostLayout
+	Seen        uint32
+	FloodBefore uint8
+	FloodTold   uint8
+	Pad         [2]uint8
+	BusyNs      uint64
 }
 
 type tcptraceListenKey struct {
