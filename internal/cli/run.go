@@ -228,21 +228,13 @@ type pipeline struct {
 }
 
 func (p *pipeline) Record(e *event.Event) error {
-	if e.Kind == event.KindSynFlood { // not a drop: nothing to count or fold
+	if e.Kind == event.KindDrop || e.Kind == event.KindSynFlood {
 		if p.owners != nil {
 			p.owners.Enrich(e, tracer.Mono)
 		}
-		if !p.wanted(e) {
-			return nil
-		}
-		return p.out.Write(e)
-	}
-	if e.Kind == event.KindDrop {
-		if p.owners != nil {
-			p.owners.Enrich(e, tracer.Mono)
-		}
-		// Every drop goes past the namespace's counters, filtered or not.
-		if p.limit != nil {
+		// Every drop goes past the namespace's counters, filtered or not
+		// (a SYN-flood flag is no drop: nothing to count, nothing to fold).
+		if p.limit != nil && e.Kind == event.KindDrop {
 			return p.limit.Apply(e, p.writeDrop)
 		}
 		return p.writeDrop(e)

@@ -532,13 +532,7 @@ func appendDropText(b []byte, e *event.Event) []byte {
 	if d.Other {
 		b = append(b, ' ') // no listener: no queues to show
 	} else {
-		b = append(b, " ("...)
-		b = appendUint(b, uint64(d.Backlog))
-		b = append(b, '/')
-		b = appendUint(b, uint64(d.MaxBacklog))
-		b = append(b, ", syn queue "...)
-		b = appendUint(b, uint64(d.SynQueue))
-		b = append(b, ") "...)
+		b = appendQueuesText(b, d)
 	}
 	b = appendAddrPort(b, nil, e.LAddr, e.Family, e.LPort)
 	b = append(b, " <- "...)
@@ -562,6 +556,22 @@ func appendDropText(b []byte, e *event.Event) []byte {
 	default:
 		b = append(b, '?')
 	}
+	return appendOwnerText(b, e)
+}
+
+// appendQueuesText appends " (backlog/max, syn queue n) ".
+func appendQueuesText(b []byte, d *event.Drop) []byte {
+	b = append(b, " ("...)
+	b = appendUint(b, uint64(d.Backlog))
+	b = append(b, '/')
+	b = appendUint(b, uint64(d.MaxBacklog))
+	b = append(b, ", syn queue "...)
+	b = appendUint(b, uint64(d.SynQueue))
+	return append(b, ") "...)
+}
+
+// appendOwnerText ends a listener's line with " comm pid" (" ? -" unknown).
+func appendOwnerText(b []byte, e *event.Event) []byte {
 	b = append(b, ' ')
 	if e.OwnerKnown() {
 		b = AppendPrintable(b, e.CommBytes())
@@ -577,13 +587,8 @@ func appendDropText(b []byte, e *event.Event) []byte {
 // "SYN FLOOD (0/4, syn queue 4) 127.0.0.1:7074 sending cookies node 4242".
 func appendFloodText(b []byte, e *event.Event) []byte {
 	d := &e.Drop
-	b = append(b, "SYN FLOOD ("...)
-	b = appendUint(b, uint64(d.Backlog))
-	b = append(b, '/')
-	b = appendUint(b, uint64(d.MaxBacklog))
-	b = append(b, ", syn queue "...)
-	b = appendUint(b, uint64(d.SynQueue))
-	b = append(b, ") "...)
+	b = append(b, "SYN FLOOD"...)
+	b = appendQueuesText(b, d)
 	b = appendAddrPort(b, nil, e.LAddr, e.Family, e.LPort)
 	if d.Syncookies != 0 {
 		b = append(b, " sending cookies"...)
@@ -593,15 +598,7 @@ func appendFloodText(b []byte, e *event.Event) []byte {
 	if d.FloodBefore {
 		b = append(b, " (flagged before tcptrace started)"...)
 	}
-	b = append(b, ' ')
-	if e.OwnerKnown() {
-		b = AppendPrintable(b, e.CommBytes())
-		b = append(b, ' ')
-		b = appendUint(b, uint64(e.PID))
-	} else {
-		b = append(b, "? -"...)
-	}
-	return append(b, '\n')
+	return appendOwnerText(b, e)
 }
 
 // appendFloodJSON writes the kernel's SYN-flood flag on a listener: action
@@ -613,12 +610,7 @@ func (f *Formatter) appendFloodJSON(b []byte, e *event.Event) []byte {
 	b = append(b, '"')
 	b = f.appendPIDAndOwner(b, e)
 	b = f.appendLocal(b, e)
-	b = append(b, `,"backlog":`...)
-	b = appendUint(b, uint64(d.Backlog))
-	b = append(b, `,"max_backlog":`...)
-	b = appendUint(b, uint64(d.MaxBacklog))
-	b = append(b, `,"syn_queue":`...)
-	b = appendUint(b, uint64(d.SynQueue))
+	b = appendQueuesJSON(b, d)
 	b = append(b, `,"syncookies":`...)
 	b = appendUint(b, uint64(d.Syncookies))
 	if d.Syncookies != 0 {
@@ -660,12 +652,7 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 	if d.Other {
 		b = append(b, `,"backlog":null,"max_backlog":null,"syn_queue":null`...)
 	} else {
-		b = append(b, `,"backlog":`...)
-		b = appendUint(b, uint64(d.Backlog))
-		b = append(b, `,"max_backlog":`...)
-		b = appendUint(b, uint64(d.MaxBacklog))
-		b = append(b, `,"syn_queue":`...)
-		b = appendUint(b, uint64(d.SynQueue))
+		b = appendQueuesJSON(b, d)
 	}
 	if d.TopClients != nil {
 		b = append(b, `,"top_clients":[`...)
@@ -682,6 +669,16 @@ func (f *Formatter) appendDropJSON(b []byte, e *event.Event) []byte {
 		b = append(b, ']')
 	}
 	return f.appendSocketTail(b, e)
+}
+
+// appendQueuesJSON appends a listener's queue keys.
+func appendQueuesJSON(b []byte, d *event.Drop) []byte {
+	b = append(b, `,"backlog":`...)
+	b = appendUint(b, uint64(d.Backlog))
+	b = append(b, `,"max_backlog":`...)
+	b = appendUint(b, uint64(d.MaxBacklog))
+	b = append(b, `,"syn_queue":`...)
+	return appendUint(b, uint64(d.SynQueue))
 }
 
 // appendLocal appends the family and the local address and port.
