@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -149,4 +150,158 @@ func synSentPortAtConnect(t *testing.T, args ...string) *tracerProc {
 	}
 	tr.stopClean()
 	return tr
+}
+
+// TestSynSentOfBlockedConnect: a connect() that blocks returns only when its
+// handshake ends; to a peer that never answers (here a listener whose accept
+// queue is full, so the kernel drops every SYN) that is minutes later. Its
+// CLOSE->SYN_SENT must arrive while it is still blocked, with its local
+// port, and only once: by the walk of held events (-v names it), on the best
+// walk and on the run-on-demand one (raw_tp forced, where the kernel has
+// bpf_for_each_map_elem).
+func TestSynSentOfBlockedConnect(t *testing.T) {
+	needRoot(t)
+	for i, kind := range []string{"default", "raw_tp"} {
+		t.Run(kind, func(t *testing.T) {
+			args := []string{"-v", "--events", "states"}
+			if kind != "default" {
+				args = append(args, "--hook-kind", kind)
+			}
+			blockedConnect(t, 7315+i, args...)
+		})
+	}
+}
+
+func blockedConnect(t *testing.T, port int, args ...string) {
+	ns := newNetNS(t)
+	tr := startTracer(t, args...)
+	walk := activeHook(tr.stderrText(), "blocking connects")
+	t.Logf("walk: %q", walk)
+	if slices.Contains(args, "raw_tp") {
+		if byRun := strings.HasPrefix(walk, "raw_tp/"); byRun != kernelHasSymbol(t, "bpf_for_each_map_elem") {
+			t.Fatalf("raw_tp forced: walk %q, but the kernel has bpf_for_each_map_elem: %v", walk, !byRun)
+		} else if !byRun {
+			return // nothing to force it onto: the default run covers this kernel
+		}
+	} else if walk == "" {
+		t.Fatalf("-v names no active hook for blocking connects:\n%s", tr.stderrText())
+	}
+	var (
+		lfd, fd = -1, -1
+		conns   []net.Conn
+	)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		for _, fd := range []int{lfd, fd} {
+			if fd >= 0 {
+				syscall.Close(fd)
+			}
+		}
+	})
+	addr := &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}
+	err := ns.do(func() (err error) {
+		lfd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		if err := syscall.Bind(lfd, addr); err != nil {
+			return err
+		}
+		// Backlog 1: two connections fill the accept queue (never
+		// accepted), the kernel drops the next SYNs.
+		if err := syscall.Listen(lfd, 1); err != nil {
+			return err
+		}
+		for range 2 {
+			c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				return err
+			}
+			conns = append(conns, c)
+		}
+		fd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0) // blocking
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan error, 1)
+	go func() { returned <- syscall.Connect(fd, addr) }()
+
+	// The port, once connect() has picked it.
+	cport := 0
+	deadline := time.Now().Add(waitLong)
+	for cport == 0 {
+		if sa, err := syscall.Getsockname(fd); err == nil {
+			cport = sa.(*syscall.SockaddrInet4).Port
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("connect() picked no local port")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	synSents := func() (n int, closed bool) {
+		for _, r := range tr.states(ns) {
+			if int(r.LPort) == cport && r.RPort == uint16(port) {
+				if r.OldState == "CLOSE" && r.NewState == "SYN_SENT" {
+					n++
+				}
+				closed = closed || r.NewState == "CLOSE"
+			}
+		}
+		return n, closed
+	}
+	for {
+		select {
+		case err := <-returned:
+			t.Fatalf("connect() returned (%v) before the test ended it: the SYN was answered", err)
+		default:
+		}
+		if n, _ := synSents(); n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CLOSE->SYN_SENT with local port %d while connect() blocks:\n%s", cport, dump(tr.states(ns)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Still blocked, as the kernel says.
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != 2 { // TCP_SYN_SENT
+		t.Fatalf("client socket in state %d, want SYN_SENT (2)", info.State)
+	}
+	// End it: with the listener gone, the SYN's next retransmission is
+	// refused. (shutdown() would be quicker, but kernels with the fix
+	// "tcp: deny tcp_disconnect() when threads are waiting" refuse it.)
+	if err := syscall.Close(lfd); err != nil {
+		t.Fatal(err)
+	}
+	lfd = -1
+	select {
+	case err := <-returned:
+		if err != syscall.ECONNREFUSED {
+			t.Fatalf("connect() returned %v, want %v", err, syscall.ECONNREFUSED)
+		}
+	case <-time.After(waitLong):
+		t.Fatal("connect() still blocked after the listener closed")
+	}
+	for {
+		n, closed := synSents()
+		if closed {
+			if n != 1 {
+				t.Fatalf("%d CLOSE->SYN_SENT records of local port %d, want 1:\n%s", n, cport, dump(tr.states(ns)))
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no change to CLOSE of local port %d after connect() failed:\n%s", cport, dump(tr.states(ns)))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tr.stopClean()
 }

@@ -320,7 +320,7 @@ func TestHooksChosen(t *testing.T) {
 			t.Logf("%-28s none: %s", feature+":", why)
 		}
 	}
-	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "renames", "exits", "connect port, accept owner", "listener drop counters", "closed socket sweep", "retransmits", "resets"} {
+	for _, f := range []string{"state changes", "socket owner scan", "forks, execs", "renames", "exits", "connect port, accept owner", "blocking connects", "listener drop counters", "closed socket sweep", "retransmits", "resets"} {
 		if active[f] == "" {
 			t.Errorf("no active hook for %s:\n%s", f, stderr)
 		}

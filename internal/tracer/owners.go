@@ -114,6 +114,26 @@ func (t *Tracer) SweepClosed() error {
 	return t.readWalk(&t.sweep, ErrNoSweep, "closed socket sweep", 0, nil)
 }
 
+// ErrNoLateWalk means the kernel refused the walk of held events
+// (iter/bpf_map_elem and bpf_for_each_map_elem).
+var ErrNoLateWalk = errors.New("walk of held events unavailable: the kernel allows neither iter/bpf_map_elem nor bpf_for_each_map_elem (5.13+)")
+
+// SendLate sends the held events that no change or system call exit sent
+// (the SYN_SENT of a connect() that blocks) once their socket has its port.
+func (t *Tracer) SendLate() error {
+	if err := t.maps.Maps["held"].Lookup(uint32(0), &t.heldPerCPU); err != nil {
+		return fmt.Errorf("read BPF map held: %w", err)
+	}
+	var held int64
+	for _, n := range t.heldPerCPU {
+		held += n
+	}
+	if held <= 0 {
+		return nil // none held: an empty walk costs ~0.3 ms
+	}
+	return t.readWalk(&t.late, ErrNoLateWalk, "walk of held events", 0, nil)
+}
+
 // SocketEntries counts the entries of m, a socks map (the kernel side's
 // table of sockets): those of open sockets, those of sockets closed before
 // closedBefore (CLOCK_MONOTONIC ns, as Mono), and all. A closed socket's entry

@@ -78,6 +78,7 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 		lost   = lostCounter{t: t}
 		polls  = walker{last: time.Now()}
 		sweeps = walker{last: time.Now()}
+		lates  = walker{last: time.Now()}
 	)
 	var pace pacer
 	next := time.Now().Add(drainEvery)
@@ -106,6 +107,12 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 			if pollEvery > 0 && polls.due(pollEvery) {
 				err := t.PollListeners(nil)
 				if polls.done(); err != nil && !errors.Is(err, ErrNoListenerWalk) {
+					return st, err
+				}
+			}
+			if lates.due(lateEvery) {
+				err := t.SendLate()
+				if lates.done(); err != nil && !errors.Is(err, ErrNoLateWalk) {
 					return st, err
 				}
 			}
@@ -151,6 +158,11 @@ type pacer struct {
 	waited, yielded uint64 // events read when the last wait began, at the last yield
 	yieldedAt       time.Time
 }
+
+// lateEvery is how often the held events are walked for those no change or
+// exit sent (a connect() that blocks): one goes out at most this much after
+// it is 100 ms old.
+const lateEvery = 250 * time.Millisecond
 
 // sweepEvery is how often closed sockets' entries are swept (those closed
 // over a second ago go).

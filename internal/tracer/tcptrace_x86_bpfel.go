@@ -225,6 +225,7 @@ const (
 	tcptraceMapFilterPids        = "filter_pids"
 	tcptraceMapFilterPorts       = "filter_ports"
 	tcptraceMapGaps              = "gaps"
+	tcptraceMapHeld              = "held"
 	tcptraceMapListenDrops       = "listen_drops"
 	tcptraceMapListenSocks       = "listen_socks"
 	tcptraceMapListenerRows      = "listener_rows"
@@ -263,6 +264,8 @@ const (
 	tcptraceProgRetransRaw       = "retrans_raw"
 	tcptraceProgRetransRawErr    = "retrans_raw_err"
 	tcptraceProgScanSocks        = "scan_socks"
+	tcptraceProgSendHeld         = "send_held"
+	tcptraceProgSendHeldRun      = "send_held_run"
 	tcptraceProgStateBtf         = "state_btf"
 	tcptraceProgStateBtfCatch    = "state_btf_catch"
 	tcptraceProgStateBtfPush     = "state_btf_push"
@@ -368,6 +371,8 @@ type tcptraceProgramSpecs struct {
 	RetransRaw       *ebpf.ProgramSpec `ebpf:"retrans_raw"`
 	RetransRawErr    *ebpf.ProgramSpec `ebpf:"retrans_raw_err"`
 	ScanSocks        *ebpf.ProgramSpec `ebpf:"scan_socks"`
+	SendHeld         *ebpf.ProgramSpec `ebpf:"send_held"`
+	SendHeldRun      *ebpf.ProgramSpec `ebpf:"send_held_run"`
 	StateBtf         *ebpf.ProgramSpec `ebpf:"state_btf"`
 	StateBtfCatch    *ebpf.ProgramSpec `ebpf:"state_btf_catch"`
 	StateBtfPush     *ebpf.ProgramSpec `ebpf:"state_btf_push"`
@@ -401,6 +406,7 @@ type tcptraceMapSpecs struct {
 	FilterPids      *ebpf.MapSpec `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.MapSpec `ebpf:"filter_ports"`
 	Gaps            *ebpf.MapSpec `ebpf:"gaps"`
+	Held            *ebpf.MapSpec `ebpf:"held"`
 	ListenDrops     *ebpf.MapSpec `ebpf:"listen_drops"`
 	ListenSocks     *ebpf.MapSpec `ebpf:"listen_socks"`
 	ListenerRows    *ebpf.MapSpec `ebpf:"listener_rows"`
@@ -455,6 +461,7 @@ type tcptraceMaps struct {
 	FilterPids      *ebpf.Map `ebpf:"filter_pids"`
 	FilterPorts     *ebpf.Map `ebpf:"filter_ports"`
 	Gaps            *ebpf.Map `ebpf:"gaps"`
+	Held            *ebpf.Map `ebpf:"held"`
 	ListenDrops     *ebpf.Map `ebpf:"listen_drops"`
 	ListenSocks     *ebpf.Map `ebpf:"listen_socks"`
 	ListenerRows    *ebpf.Map `ebpf:"listener_rows"`
@@ -474,6 +481,7 @@ func (m *tcptraceMaps) Close() error {
 		m.FilterPids,
 		m.FilterPorts,
 		m.Gaps,
+		m.Held,
 		m.ListenDrops,
 		m.ListenSocks,
 		m.ListenerRows,
@@ -536,6 +544,8 @@ type tcptracePrograms struct {
 	RetransRaw       *ebpf.Program `ebpf:"retrans_raw"`
 	RetransRawErr    *ebpf.Program `ebpf:"retrans_raw_err"`
 	ScanSocks        *ebpf.Program `ebpf:"scan_socks"`
+	SendHeld         *ebpf.Program `ebpf:"send_held"`
+	SendHeldRun      *ebpf.Program `ebpf:"send_held_run"`
 	StateBtf         *ebpf.Program `ebpf:"state_btf"`
 	StateBtfCatch    *ebpf.Program `ebpf:"state_btf_catch"`
 	StateBtfPush     *ebpf.Program `ebpf:"state_btf_push"`
@@ -590,6 +600,8 @@ func (p *tcptracePrograms) Close() error {
 		p.RetransRaw,
 		p.RetransRawErr,
 		p.ScanSocks,
+		p.SendHeld,
+		p.SendHeldRun,
 		p.StateBtf,
 		p.StateBtfCatch,
 		p.StateBtfPush,

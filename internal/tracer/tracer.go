@@ -479,8 +479,24 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			}),
 		},
 	}
+	late := feature{
+		name: "blocking connects",
+		degraded: "a connect() that blocks has its SYN_SENT sent only when its handshake ends (for a peer that " +
+			"never answers, once its SYNs run out)",
+		candidates: []candidate{
+			single("iter/bpf_map_elem", "iter", "send_held", func(p *ebpf.Program) (link.Link, error) {
+				it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps["pending_connects"]})
+				if err == nil {
+					t.late.iter = it
+				}
+				return it, err
+			}),
+		},
+	}
 	if walkByRun {
 		// Kind raw_tp (its program type): forcing raw_tp tries these too.
+		late.candidates = append(late.candidates, candidate{name: walkRunName + " over pending_connects", kind: "raw_tp",
+			parts: []part{{prog: "send_held_run", walk: &t.late, attach: t.walkRun(&t.late, nil)}}})
 		polls.candidates = append(polls.candidates, candidate{name: walkRunName + " over listen_drops", kind: "raw_tp",
 			parts: []part{{prog: "poll_listeners_run", walk: &t.poll, attach: t.walkRun(&t.poll, nil)}}})
 		sweep.candidates = append(sweep.candidates, candidate{name: walkRunName + " over socks", kind: "raw_tp",
@@ -552,7 +568,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 	// their attach on, records pile up in the ring until the reader starts,
 	// and on a busy host each load after them took 50-200 ms (in a storm the
 	// 500 ms they added overflowed the 8 MiB ring: 23,000 records lost).
-	fs := []feature{scan, sweep, forks, renames, exits, sysExit, polls}
+	fs := []feature{scan, sweep, forks, renames, exits, sysExit, late, polls}
 	if opts.EmitDrops {
 		fs = append(fs, drops, others)
 	}
@@ -626,9 +642,11 @@ type Tracer struct {
 	reasons *kernelReasons
 	kernel  *btf.Spec // the running kernel's BTF
 
-	poll      mapWalk     // the listener walk
-	sweep     mapWalk     // the sweep of closed sockets' entries
-	dropWatch []link.Link // the per-packet drop hooks, closed before the last walk
+	poll       mapWalk     // the listener walk
+	sweep      mapWalk     // the sweep of closed sockets' entries
+	late       mapWalk     // the walk of held events that no change or exit sent
+	heldPerCPU []int64     // the held map's per-CPU counts, last read
+	dropWatch  []link.Link // the per-packet drop hooks, closed before the last walk
 	// stateProg is the active state-change program: the runs the kernel
 	// skipped (recursion) are lost events too, but for those the catch
 	// program recorded (the nesting map's caught count). Its counts start
@@ -953,7 +971,7 @@ func (t *Tracer) ActiveHook(feature string) string {
 // readable so the ring buffer can still be drained.
 func (t *Tracer) Detach() error {
 	t.iterMu.Lock()
-	t.iter, t.poll, t.sweep = nil, mapWalk{}, mapWalk{}
+	t.iter, t.poll, t.sweep, t.late = nil, mapWalk{}, mapWalk{}, mapWalk{}
 	t.iterMu.Unlock()
 	var errs []error
 	for _, l := range t.links {
