@@ -269,3 +269,28 @@ func TestWriteListeners(t *testing.T) {
 		t.Errorf("JSON:\n%s", js.String())
 	}
 }
+
+func TestParseTimeWait(t *testing.T) {
+	c, err := ParseTimeWait([]string{"-o", "json", "--interval", "500ms", "-p", "7,8", "--port", "3306", "-c", "a-very-long-command-name"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Output != output.JSON || c.Interval != 500*time.Millisecond || len(c.PIDs) != 2 || c.Ports[0] != 3306 ||
+		c.Comm != "a-very-long-com" {
+		t.Fatalf("%+v", c)
+	}
+	if c, err := ParseTimeWait(nil); err != nil || c.Interval != 2*time.Second || c.Output != output.Text {
+		t.Fatalf("defaults: %+v, %v", c, err)
+	}
+	for _, args := range [][]string{{"--interval", "0s"}, {"--duration", "-1s"}, {"--once"}, {"extra"}, {"-o", "yaml"}} {
+		var u *UsageError
+		if _, err := ParseTimeWait(args); !errors.As(err, &u) {
+			t.Errorf("%v: %v, want a usage error", args, err)
+		}
+	}
+	var b bytes.Buffer
+	TimeWaitUsage(&b)
+	if !strings.Contains(b.String(), "over the last 60 s") || !strings.Contains(b.String(), "--interval") {
+		t.Errorf("usage:\n%s", b.String())
+	}
+}

@@ -128,7 +128,7 @@ func Parse(args []string) (*Config, error) {
 		return c, nil
 	}
 	if fs.NArg() > 0 {
-		return nil, usagef("unexpected argument %q (subcommands: closewait, listeners)", fs.Arg(0))
+		return nil, usagef("unexpected argument %q (subcommands: closewait, listeners, timewait)", fs.Arg(0))
 	}
 	var err error
 	if c.Output, c.PIDs, c.Ports, err = raw.common(); err != nil {
@@ -271,6 +271,7 @@ func Usage(w io.Writer) {
 Usage: sudo tcptrace [flags]
        sudo tcptrace closewait [flags]   (see tcptrace closewait -h)
        sudo tcptrace listeners [flags]   (see tcptrace listeners -h)
+       sudo tcptrace timewait [flags]    (see tcptrace timewait -h)
 
 Flags:
 %s

@@ -60,6 +60,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			return runCloseWait(ctx, args[1:], stdout, stderr)
 		case "listeners":
 			return runListeners(ctx, args[1:], stdout, stderr)
+		case "timewait":
+			return runTimeWait(ctx, args[1:], stdout, stderr)
 		}
 	}
 	cfg, err := Parse(args)

@@ -345,7 +345,7 @@ func runExhaust(in *bufio.Reader, addr string) error {
 	defer ln.Close()
 	var errno syscall.Errno
 	n := 0
-	for ; n < 10; n++ {
+	for ; n < 100; n++ { // past any range a test sets
 		fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
 		if err != nil {
 			return err

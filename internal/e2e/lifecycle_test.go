@@ -253,6 +253,9 @@ func TestBadInvocations(t *testing.T) {
 		{[]string{"--duration", "-1s"}, "invalid --duration"},
 		{[]string{"--duration", "soon"}, `invalid argument "soon" for "--duration"`},
 		{[]string{"extra"}, `unexpected argument "extra"`},
+		{[]string{"timewait", "--interval", "0s"}, "invalid --interval 0s"},
+		{[]string{"timewait", "--port", "x"}, `invalid --port "x"`},
+		{[]string{"timewait", "now"}, `timewait: unexpected argument "now"`},
 	} {
 		code, stdout, stderr := runTcptrace(t, nil, exe, tc.args...)
 		lines := strings.Split(strings.TrimRight(stderr, "\n"), "\n")

@@ -2,10 +2,12 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -239,5 +241,180 @@ func testTimeWait(t *testing.T, kind string) {
 	}
 	if len(seen) != len(want) {
 		t.Errorf("--state TIME_WAIT delivered %d sockets, want %d", len(seen), len(want))
+	}
+}
+
+// twProcess is a row of `tcptrace timewait -o json`.
+type twProcess struct {
+	Time     string  `json:"time"`
+	Window   float64 `json:"window_seconds"`
+	PID      int     `json:"pid"`
+	Comm     string  `json:"comm"`
+	TimeWait int     `json:"time_wait"`
+	Connects int     `json:"connects"`
+	NoPort   int     `json:"no_port"`
+	Peers    []struct {
+		RAddr     string   `json:"raddr"`
+		RPort     *int     `json:"rport"`
+		LPort     *int     `json:"lport"`
+		TimeWait  int      `json:"time_wait"`
+		Connects  int      `json:"connects"`
+		NoPort    int      `json:"no_port"`
+		Ephemeral int      `json:"time_wait_ephemeral"`
+		Ports     *int     `json:"ephemeral_ports"`
+		Share     *float64 `json:"ephemeral_share"`
+	} `json:"peers"`
+}
+
+// TestTimeWaitTable: `tcptrace timewait` ranks the processes behind TIME_WAIT
+// and ephemeral port use. One process leaves timewait sockets on both sides
+// of its own connections (its namespace's ephemeral range: 100 ports),
+// another connects until no port is left (10 ports; TIME_WAIT never reused
+// in either). Per process and peer the table must say what the namespace's
+// own socket list (/proc/net/tcp) and the workloads' connect() calls say:
+// the timewait sockets to the peer and the part of the range they hold,
+// those of accepted connections by local port, the connects made, the
+// EADDRNOTAVAIL.
+func TestTimeWaitTable(t *testing.T) {
+	needRoot(t)
+	const n, twPort, exPort, ports, exPorts = 4, 7323, 7324, 100, 10
+	// Two namespaces: the 3n connections of the first must not wrap around
+	// its range, as a port used again would end a timewait socket of the
+	// accepted side (a SYN for its connection takes its place).
+	ns, exNS := newNetNS(t), newNetNS(t)
+	for _, s := range []struct {
+		ns        *netNS
+		portRange string
+	}{{ns, "40000 40099"}, {exNS, "40000 40009"}} {
+		if err := s.ns.sysctl("net/ipv4/ip_local_port_range", s.portRange); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.ns.sysctl("net/ipv4/tcp_tw_reuse", "0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exe, _ := os.Executable()
+	cmd := exec.Command(exe, "timewait", "-o", "json", "--interval", "300ms", "--port", fmt.Sprintf("%d,%d", twPort, exPort))
+	cmd.Env = append(os.Environ(), roleEnv+"=tcptrace")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	ready := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(errPipe)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "counting closes into TIME_WAIT") {
+				ready <- true
+			}
+		}
+		close(ready)
+	}()
+	rows := make(chan twProcess, 1024)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			var p twProcess
+			if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
+				t.Errorf("%q: %v", sc.Text(), err)
+				continue
+			}
+			rows <- p
+		}
+		close(rows)
+	}()
+	select {
+	case ok := <-ready:
+		if !ok {
+			t.Fatal("timewait exited before it was ready")
+		}
+	case <-time.After(waitLong):
+		t.Fatal("timewait not ready")
+	}
+
+	w := startRole(t, ns, "timewait", "-addr", fmt.Sprintf("127.0.0.1:%d", twPort), "-n", strconv.Itoa(n))
+	for range n {
+		w.expect("client-first")
+		w.expect("server-first")
+		w.expect("reset")
+	}
+	w.expect("done")
+	defer w.exit()
+	ex := startRole(t, exNS, "exhaust", "-addr", fmt.Sprintf("127.0.0.1:%d", exPort))
+	defer ex.exit()
+	got := ex.expect("exhausted")
+	made, err := strconv.Atoi(strings.TrimSuffix(got, " EADDRNOTAVAIL"))
+	if err != nil || made != exPorts || !strings.HasSuffix(got, " EADDRNOTAVAIL") {
+		t.Fatalf("the exhausting workload's connects: %q, want %d made, then EADDRNOTAVAIL", got, exPorts)
+	}
+
+	// The namespace's timewait sockets: to the peer (from ports of the
+	// range) and of accepted connections (on the listening port).
+	var toPeer, accepted int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		toPeer, accepted = 0, 0
+		for s := range timeWaitSockets(t, w.pid()) {
+			var l, r int
+			fmt.Sscanf(s, "%d %d", &l, &r)
+			switch {
+			case r == twPort && l >= 40000 && l < 40000+ports:
+				toPeer++
+			case l == twPort:
+				accepted++
+			}
+		}
+		if toPeer == n && accepted == n || time.Now().After(deadline) {
+			break
+		}
+	}
+	if toPeer != n || accepted != n {
+		t.Fatalf("the kernel lists %d timewait sockets to the peer and %d of accepted connections, want %d each",
+			toPeer, accepted, n)
+	}
+
+	// The first refresh that has counted all of it.
+	var tw, exh *twProcess
+	deadline := time.After(waitLong)
+	for tw == nil || exh == nil {
+		select {
+		case p, ok := <-rows:
+			if !ok {
+				t.Fatal("timewait exited")
+			}
+			switch {
+			case p.PID == w.pid() && p.TimeWait == toPeer+accepted && p.Connects == 3*n:
+				tw = &p
+			case p.PID == ex.pid() && p.NoPort == 1 && p.Connects == made:
+				exh = &p
+			}
+		case <-deadline:
+			t.Fatalf("no refresh with %d timewait sockets and %d connects for %d, %d connects and 1 without a port for %d (last: %+v, %+v)",
+				toPeer+accepted, 3*n, w.pid(), made, ex.pid(), tw, exh)
+		}
+	}
+	if tw.NoPort != 0 || len(tw.Peers) != 2 {
+		t.Fatalf("the timewait workload: %+v", *tw)
+	}
+	peer, acc := tw.Peers[0], tw.Peers[1]
+	if peer.RAddr != "127.0.0.1" || peer.RPort == nil || *peer.RPort != twPort || peer.LPort != nil ||
+		peer.TimeWait != toPeer || peer.Ephemeral != toPeer || peer.Connects != 3*n ||
+		peer.Ports == nil || *peer.Ports != ports || peer.Share == nil || *peer.Share != float64(toPeer)/ports {
+		t.Errorf("its peer 127.0.0.1:%d: %+v, want %d timewait sockets holding %d of %d ports", twPort, peer, toPeer, toPeer, ports)
+	}
+	if acc.RAddr != "127.0.0.1" || acc.RPort != nil || acc.LPort == nil || *acc.LPort != twPort ||
+		acc.TimeWait != accepted || acc.Share != nil {
+		t.Errorf("its accepted connections on port %d: %+v, want %d timewait sockets, no share", twPort, acc, accepted)
+	}
+	if exh.TimeWait != 0 || len(exh.Peers) != 1 || exh.Peers[0].RPort == nil || *exh.Peers[0].RPort != exPort {
+		t.Errorf("the exhausting workload: %+v", *exh)
 	}
 }

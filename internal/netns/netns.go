@@ -1,10 +1,13 @@
 // Package netns sets up a fresh network namespace from inside it: loopback
-// up, per-namespace sysctls. The test suite and the load generator use it.
+// up, per-namespace sysctls (the test suite and the load generator use
+// that), and reads another namespace's sysctls.
 package netns
 
 import (
 	"fmt"
 	"os"
+	"runtime"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -37,4 +40,39 @@ func Sysctl(name, value string) error {
 		return fmt.Errorf("sysctl %s: %w", name, err)
 	}
 	return nil
+}
+
+// SysctlOf reads a /proc/sys/net sysctl (such as net/ipv4/ip_local_port_range)
+// of the network namespace with inode ino, entered through process pid's
+// /proc/PID/ns/net: on a thread of its own, which ends with the read (it is
+// never returned to the runtime, so no goroutine runs in that namespace).
+func SysctlOf(pid int, ino uint32, name string) (string, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return "", fmt.Errorf("open network namespace: %w", err)
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", fmt.Errorf("stat /proc/%d/ns/net: %w", pid, err)
+	}
+	if uint32(st.Ino) != ino {
+		return "", fmt.Errorf("process %d is no longer in network namespace %d", pid, ino)
+	}
+	type result struct {
+		value string
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			done <- result{err: fmt.Errorf("enter network namespace %d: %w", ino, err)}
+			return
+		}
+		b, err := os.ReadFile("/proc/sys/" + name)
+		done <- result{strings.TrimSpace(string(b)), err}
+	}()
+	r := <-done
+	return r.value, r.err
 }

@@ -1,0 +1,201 @@
+// Package timewait ranks the processes behind TIME_WAIT pile-ups and
+// ephemeral port exhaustion: per process and peer, the closes that left a
+// timewait socket over the last minute (what is in TIME_WAIT now, as a
+// timewait socket lives 60 s), the connect()s made, and those that found no
+// free local port.
+package timewait
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"syscall"
+
+	"github.com/tcptrace/tcptrace/internal/event"
+	"github.com/tcptrace/tcptrace/internal/tcpstate"
+)
+
+// Window is how far back the counts reach: the life of a timewait socket
+// (the kernel's TCP_TIMEWAIT_LEN, not a sysctl).
+const Window = 60
+
+// Peer is one process's traffic with one remote address: to one of its
+// ports (RPort; connections this host made), or to local port LPort (those
+// it accepted: their timewait sockets hold no ephemeral port, and each
+// client connects from ports of its own).
+type Peer struct {
+	RAddr        netip.Addr
+	RPort, LPort uint16
+	Counts
+	// Ephemeral: of TimeWait, those whose local port is in the namespace's
+	// ephemeral range, each holding that port for this peer until it ends.
+	Ephemeral uint64
+	// Ports is the size of that range, 0 when unknown (then every close
+	// counts as one to RPort).
+	Ports int
+}
+
+// Counts are what happened over the window.
+type Counts struct {
+	TimeWait uint64 // closes that left a timewait socket
+	Connects uint64 // connect()s that reached ESTABLISHED
+	NoPort   uint64 // connect()s that found no free local port (EADDRNOTAVAIL)
+}
+
+func (c *Counts) add(o *Counts) {
+	c.TimeWait += o.TimeWait
+	c.Connects += o.Connects
+	c.NoPort += o.NoPort
+}
+
+// Process is one row of the ranking: its peers busiest first.
+type Process struct {
+	NetNS uint32
+	PID   uint32
+	Comm  [16]byte
+	Counts
+	Peers []Peer
+}
+
+// PortRange says which local ports are ephemeral in a namespace: lo..hi,
+// ok false when unknown.
+type PortRange func(netns, pid uint32) (lo, hi uint16, ok bool)
+
+type key struct {
+	netns, pid uint32
+	comm       [16]byte
+	raddr      netip.Addr
+	rport      uint16
+	lport      uint16
+}
+
+// second is one second's counts of a key.
+type second struct {
+	at uint64 // the second (CLOCK_MONOTONIC) these counts are of
+	Counts
+	ephemeral uint64
+}
+
+type window struct {
+	secs  [Window]second
+	ports int
+}
+
+// Tracker counts the records of a stream into one-second buckets.
+type Tracker struct {
+	ports PortRange
+	keys  map[key]*window
+	start uint64 // CLOCK_MONOTONIC ns when it began
+}
+
+// NewTracker starts counting at now (CLOCK_MONOTONIC ns); ports may be nil.
+func NewTracker(now uint64, ports PortRange) *Tracker {
+	return &Tracker{ports: ports, keys: map[key]*window{}, start: now}
+}
+
+// Watched is how long the tracker has counted, at most the window, in
+// seconds: counts cover only that much.
+func (t *Tracker) Watched(now uint64) float64 {
+	return min(float64(now-t.start)/1e9, Window)
+}
+
+// Observe counts e if it is a close into TIME_WAIT, a connect() that
+// completed, or one that found no local port.
+func (t *Tracker) Observe(e *event.Event) {
+	if e.Kind != event.KindState {
+		return
+	}
+	var c Counts
+	switch {
+	case e.NewState == tcpstate.Close && e.TimeWait:
+		c.TimeWait = 1
+	case e.OldState == tcpstate.SynSent && e.NewState == tcpstate.Established:
+		c.Connects = 1
+	case e.OldState == tcpstate.SynSent && e.NewState == tcpstate.Close && e.Error == syscall.EADDRNOTAVAIL:
+		c.NoPort = 1
+	default:
+		return
+	}
+	k := key{netns: e.NetNS, pid: e.PID, comm: e.Comm, raddr: e.RAddr, rport: e.RPort}
+	var lo, hi uint16
+	var known bool
+	if t.ports != nil {
+		lo, hi, known = t.ports(e.NetNS, e.PID)
+		known = known && hi >= lo
+	}
+	ephemeral := known && e.LPort >= lo && e.LPort <= hi
+	if c.TimeWait == 1 && known && !ephemeral {
+		k.rport, k.lport = 0, e.LPort // an accepted connection's
+	}
+	w := t.keys[k]
+	if w == nil {
+		w = &window{}
+		if known {
+			w.ports = int(hi) - int(lo) + 1
+		}
+		t.keys[k] = w
+	}
+	at := e.Mono / 1e9
+	s := &w.secs[at%Window]
+	if s.at != at {
+		*s = second{at: at}
+	}
+	s.add(&c)
+	if c.TimeWait == 1 && ephemeral {
+		s.ephemeral++
+	}
+}
+
+// Report ranks the processes by their counts over the window that ends at
+// now (CLOCK_MONOTONIC ns), TIME_WAIT first, and forgets what has aged out.
+func (t *Tracker) Report(now uint64) []Process {
+	cur := now / 1e9
+	procs := map[key]*Process{}
+	for k, w := range t.keys {
+		p := Peer{RAddr: k.raddr, RPort: k.rport, LPort: k.lport, Ports: w.ports}
+		for i := range w.secs {
+			if s := &w.secs[i]; s.at+Window > cur && s.at <= cur {
+				p.add(&s.Counts)
+				p.Ephemeral += s.ephemeral
+			}
+		}
+		if p.Counts == (Counts{}) {
+			delete(t.keys, k)
+			continue
+		}
+		pk := key{netns: k.netns, pid: k.pid, comm: k.comm}
+		pr := procs[pk]
+		if pr == nil {
+			pr = &Process{NetNS: k.netns, PID: k.pid, Comm: k.comm}
+			procs[pk] = pr
+		}
+		pr.add(&p.Counts)
+		pr.Peers = append(pr.Peers, p)
+	}
+	out := make([]Process, 0, len(procs))
+	for _, p := range procs {
+		slices.SortFunc(p.Peers, func(a, b Peer) int {
+			return cmp.Or(byCounts(&a.Counts, &b.Counts), a.RAddr.Compare(b.RAddr), cmp.Compare(a.RPort, b.RPort),
+				cmp.Compare(a.LPort, b.LPort))
+		})
+		out = append(out, *p)
+	}
+	slices.SortFunc(out, func(a, b Process) int {
+		return cmp.Or(byCounts(&a.Counts, &b.Counts), cmp.Compare(a.PID, b.PID), cmp.Compare(a.NetNS, b.NetNS))
+	})
+	return out
+}
+
+// byCounts orders busiest first: TIME_WAIT, then failed, then made connects.
+func byCounts(a, b *Counts) int {
+	return cmp.Or(cmp.Compare(b.TimeWait, a.TimeWait), cmp.Compare(b.NoPort, a.NoPort), cmp.Compare(b.Connects, a.Connects))
+}
+
+// Share is the part of the ephemeral range p's timewait sockets hold, and
+// whether it is known (never for accepted connections).
+func (p *Peer) Share() (float64, bool) {
+	if p.Ports == 0 || p.LPort != 0 {
+		return 0, false
+	}
+	return float64(p.Ephemeral) / float64(p.Ports), true
+}
