@@ -3,12 +3,12 @@ package e2e
 import (
 	"fmt"
 	"os/exec"
-	"runtime"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/netns"
+	"github.com/tcptrace/tcptrace/internal/osthread"
 )
 
 // netNS is a fresh network namespace held by one locked OS thread. Processes
@@ -23,10 +23,9 @@ func newNetNS(t *testing.T) *netNS {
 	t.Helper()
 	ns := &netNS{reqs: make(chan func())}
 	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: Go retires the thread when this goroutine returns,
-		// so the namespace cannot leak into other goroutines.
-		runtime.LockOSThread()
+	// On a thread of its own that ends with it (never the main thread), so
+	// the namespace cannot leak into other goroutines.
+	go osthread.Alone(func() {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("unshare(CLONE_NEWNET): %w", err)
 			return
@@ -45,7 +44,7 @@ func newNetNS(t *testing.T) *netNS {
 		for f := range ns.reqs {
 			f()
 		}
-	}()
+	})
 	if err := <-errc; err != nil {
 		t.Fatalf("new network namespace: %v", err)
 	}

@@ -6,10 +6,11 @@ package netns
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/osthread"
 )
 
 // LinkUp brings interface name up in the calling thread's namespace.
@@ -44,8 +45,8 @@ func Sysctl(name, value string) error {
 
 // SysctlOf reads a /proc/sys/net sysctl (such as net/ipv4/ip_local_port_range)
 // of the network namespace with inode ino, entered through process pid's
-// /proc/PID/ns/net: on a thread of its own, which ends with the read (it is
-// never returned to the runtime, so no goroutine runs in that namespace).
+// /proc/PID/ns/net on a thread of its own, which ends with the read (so no
+// goroutine runs in that namespace after it).
 func SysctlOf(pid int, ino uint32, name string) (string, error) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
 	if err != nil {
@@ -59,20 +60,15 @@ func SysctlOf(pid int, ino uint32, name string) (string, error) {
 	if uint32(st.Ino) != ino {
 		return "", fmt.Errorf("process %d is no longer in network namespace %d", pid, ino)
 	}
-	type result struct {
-		value string
-		err   error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with this goroutine
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- result{err: fmt.Errorf("enter network namespace %d: %w", ino, err)}
+	var value string
+	osthread.Alone(func() {
+		if err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			err = fmt.Errorf("enter network namespace %d: %w", ino, err)
 			return
 		}
-		b, err := os.ReadFile("/proc/sys/" + name)
-		done <- result{strings.TrimSpace(string(b)), err}
-	}()
-	r := <-done
-	return r.value, r.err
+		var b []byte
+		b, err = os.ReadFile("/proc/sys/" + name)
+		value = strings.TrimSpace(string(b))
+	})
+	return value, err
 }

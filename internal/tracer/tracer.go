@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
@@ -19,6 +18,8 @@ import (
 	"github.com/cilium/ebpf/features"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/osthread"
 )
 
 // Options configure what the kernel side records. Filters set here run in
@@ -274,26 +275,24 @@ func (t *Tracer) syscallExit(opts *Options, event string) func(*ebpf.Program) (l
 // in /proc/self/mountinfo, which shows the main thread's namespace, takes
 // tracefsPath by its file system type, seen from this thread.)
 func privateTracefs(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread and its namespace end with this goroutine.
-		runtime.LockOSThread()
-		if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
-			errc <- fmt.Errorf("unshare a mount namespace to mount tracefs in: %w", err)
+	var err error
+	osthread.Alone(func() {
+		if err = unix.Unshare(unix.CLONE_NEWNS); err != nil {
+			err = fmt.Errorf("unshare a mount namespace to mount tracefs in: %w", err)
 			return
 		}
 		// Private first, or the mount would propagate to the host's /sys.
-		if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-			errc <- fmt.Errorf("make / private in tcptrace's own mount namespace: %w", err)
+		if err = unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+			err = fmt.Errorf("make / private in tcptrace's own mount namespace: %w", err)
 			return
 		}
-		if err := unix.Mount("tracefs", tracefsPath, "tracefs", 0, ""); err != nil {
-			errc <- fmt.Errorf("mount tracefs at %s in tcptrace's own mount namespace: %w", tracefsPath, err)
+		if err = unix.Mount("tracefs", tracefsPath, "tracefs", 0, ""); err != nil {
+			err = fmt.Errorf("mount tracefs at %s in tcptrace's own mount namespace: %w", tracefsPath, err)
 			return
 		}
-		errc <- fn()
-	}()
-	return <-errc
+		err = fn()
+	})
+	return err
 }
 
 func (t *Tracer) features(opts *Options) ([]feature, error) {
