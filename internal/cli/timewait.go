@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -96,7 +97,7 @@ Usage: sudo tcptrace timewait [flags]
 Flags:
 %s
 Counts start when tcptrace does: until it has watched for %d s, the header
-says how long it has.
+says how long it has. At exit (Ctrl-C, --duration) a last table is printed.
 `, timewait.Window, fs.FlagUsages(), timewait.Window)
 }
 
@@ -118,7 +119,7 @@ func runTimeWait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer tr.Close()
 
-	ranges := &portRanges{known: map[uint32]portRange{}}
+	ranges := &portRanges{known: map[uint32]portRange{}, failed: map[uint32]bool{}}
 	tw := &timeWaitTable{
 		tracker: timewait.NewTracker(tracer.Mono(), ranges.lookup),
 		cfg:     cfg,
@@ -194,20 +195,21 @@ func (c *timeWaitTable) show() error {
 // portRanges knows each network namespace's ephemeral port range, read once
 // (through a process of that namespace; tcptrace's own directly).
 type portRanges struct {
-	self  uint32 // tcptrace's own namespace, once looked up
-	known map[uint32]portRange
+	self   uint32 // tcptrace's own namespace, once looked up
+	known  map[uint32]portRange
+	failed map[uint32]bool // namespaces none of whose processes could say
 }
 
-type portRange struct {
-	lo, hi uint16
-	ok     bool
-}
+type portRange struct{ lo, hi uint16 }
 
 const portRangeSysctl = "net/ipv4/ip_local_port_range"
 
 func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 	if pr, ok := r.known[ns]; ok {
-		return pr.lo, pr.hi, pr.ok
+		return pr.lo, pr.hi, true
+	}
+	if r.failed[ns] {
+		return 0, 0, false
 	}
 	if r.self == 0 {
 		var st unix.Stat_t
@@ -221,15 +223,40 @@ func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 		var b []byte
 		b, err = os.ReadFile("/proc/sys/" + portRangeSysctl)
 		text = string(b)
-	} else {
-		text, err = netns.SysctlOf(int(pid), ns, portRangeSysctl)
+	} else if text, err = netns.SysctlOf(int(pid), ns, portRangeSysctl); err != nil {
+		// The process is gone (a short-lived client often is by the time
+		// its close is counted): through any other of the namespace's.
+		if other := processIn(ns); other != 0 {
+			text, err = netns.SysctlOf(other, ns, portRangeSysctl)
+		}
 	}
 	var pr portRange
 	if err == nil {
 		_, err = fmt.Sscan(strings.TrimSpace(text), &pr.lo, &pr.hi)
-		pr.ok = err == nil
 	}
-	// Unknown stays unknown (the process may be gone): one try per namespace.
+	if err != nil {
+		r.failed[ns] = true
+		return 0, 0, false
+	}
 	r.known[ns] = pr
-	return pr.lo, pr.hi, pr.ok
+	return pr.lo, pr.hi, true
+}
+
+// processIn finds a process in network namespace ns, 0 if none.
+func processIn(ns uint32) int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) == nil && uint32(st.Ino) == ns {
+			return pid
+		}
+	}
+	return 0
 }

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -179,52 +178,8 @@ func TestCloseWaitHeldByChildren(t *testing.T) {
 func TestCloseWaitLive(t *testing.T) {
 	needRoot(t)
 	ns := newNetNS(t)
-	exe, _ := os.Executable()
-	cmd := exec.Command(exe, "closewait", "-o", "json", "--interval", "300ms")
-	cmd.Env = append(os.Environ(), roleEnv+"=tcptrace")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	errPipe, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(errPipe)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "watching CLOSE_WAIT") {
-				ready <- true
-			}
-		}
-		close(ready)
-	}()
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	rows := make(chan cwProcess, 1024)
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 1<<20), 1<<24)
-		for sc.Scan() {
-			var p cwProcess
-			if json.Unmarshal(sc.Bytes(), &p) == nil {
-				rows <- p
-			}
-		}
-		close(rows)
-	}()
 	// Leak only once the tracer is attached, so every entry is dated.
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatal("closewait exited before it was ready")
-		}
-	case <-time.After(waitLong):
-		t.Fatal("closewait not ready")
-	}
+	rows := startRows[cwProcess](t, "watching CLOSE_WAIT", "closewait", "-o", "json", "--interval", "300ms")
 	nextOf := func(pid int, want func(cwProcess) bool) cwProcess {
 		t.Helper()
 		deadline := time.After(waitLong)
@@ -281,7 +236,6 @@ func TestCloseWaitLive(t *testing.T) {
 	lk.send("close 5")
 	lk.expect("holding")
 	next(func(p cwProcess) bool { return p.Count == n-5 })
-	cmd.Process.Signal(syscall.SIGINT)
 }
 
 // TestCloseWaitAlert: the stream reports each socket that sits in CLOSE_WAIT

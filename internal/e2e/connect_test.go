@@ -57,27 +57,12 @@ func synSentPortAtConnect(t *testing.T, args ...string) *tracerProc {
 		}
 	})
 	err := ns.do(func() error {
-		// A raw listener: closed by the cleanup alone (an *os.File's
-		// finalizer would close its number again, whatever it then is).
-		lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		lfd, err := fullListener(port, &conns)
+		if lfd >= 0 {
+			fds = append(fds, lfd)
+		}
 		if err != nil {
 			return err
-		}
-		fds = append(fds, lfd)
-		if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-			return err
-		}
-		// Backlog 1: two connections fill the accept queue (never accepted),
-		// the kernel drops a third one's SYN.
-		if err := syscall.Listen(lfd, 1); err != nil {
-			return err
-		}
-		for range 2 {
-			c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-			if err != nil {
-				return err
-			}
-			conns = append(conns, c)
 		}
 		// One CPU for the connect(): its exit must find the held change on
 		// the CPU that made it.
@@ -202,24 +187,8 @@ func blockedConnect(t *testing.T, port int, args ...string) {
 	})
 	addr := &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}
 	err := ns.do(func() (err error) {
-		lfd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-		if err != nil {
+		if lfd, err = fullListener(port, &conns); err != nil {
 			return err
-		}
-		if err := syscall.Bind(lfd, addr); err != nil {
-			return err
-		}
-		// Backlog 1: two connections fill the accept queue (never
-		// accepted), the kernel drops the next SYNs.
-		if err := syscall.Listen(lfd, 1); err != nil {
-			return err
-		}
-		for range 2 {
-			c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
-			if err != nil {
-				return err
-			}
-			conns = append(conns, c)
 		}
 		fd, err = syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0) // blocking
 		return err
@@ -304,4 +273,30 @@ func blockedConnect(t *testing.T, port int, args ...string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	tr.stopClean()
+}
+
+// fullListener listens on 127.0.0.1:port with a backlog of 1 and fills its
+// accept queue with two connections, never accepted (added to conns): the
+// kernel drops the SYNs of the next ones. A raw listener, closed by its
+// caller alone (an *os.File's finalizer would close its number again,
+// whatever it then is); -1 if none was made.
+func fullListener(port int, conns *[]net.Conn) (int, error) {
+	lfd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := syscall.Bind(lfd, &syscall.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return lfd, err
+	}
+	if err := syscall.Listen(lfd, 1); err != nil {
+		return lfd, err
+	}
+	for range 2 {
+		c, err := net.Dial("tcp4", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			return lfd, err
+		}
+		*conns = append(*conns, c)
+	}
+	return lfd, nil
 }

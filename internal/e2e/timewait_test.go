@@ -2,12 +2,10 @@ package e2e
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
@@ -268,24 +266,25 @@ type twProcess struct {
 
 // TestTimeWaitTable: `tcptrace timewait` ranks the processes behind TIME_WAIT
 // and ephemeral port use. One process leaves timewait sockets on both sides
-// of its own connections (its namespace's ephemeral range: 100 ports),
+// of its own connections (its namespace's ephemeral range: 10,000 ports),
 // another connects until no port is left (10 ports; TIME_WAIT never reused
-// in either). Per process and peer the table must say what the namespace's
+// in either), a third closes a connection it made before tcptrace started. Per process and peer the table must say what the namespace's
 // own socket list (/proc/net/tcp) and the workloads' connect() calls say:
 // the timewait sockets to the peer and the part of the range they hold,
 // those of accepted connections by local port, the connects made, the
 // EADDRNOTAVAIL.
 func TestTimeWaitTable(t *testing.T) {
 	needRoot(t)
-	const n, twPort, exPort, ports, exPorts = 4, 7323, 7324, 100, 10
-	// Two namespaces: the 3n connections of the first must not wrap around
-	// its range, as a port used again would end a timewait socket of the
-	// accepted side (a SYN for its connection takes its place).
+	const n, twPort, exPort, ports, exPorts = 4, 7323, 7324, 10000, 10
+	// Two namespaces: the 3n connections of the first must not use a port
+	// twice, as a port used again would end a timewait socket of the
+	// accepted side (a SYN for its connection takes its place); the kernel
+	// picks ports with random steps, so a wide range.
 	ns, exNS := newNetNS(t), newNetNS(t)
 	for _, s := range []struct {
 		ns        *netNS
 		portRange string
-	}{{ns, "40000 40099"}, {exNS, "40000 40009"}} {
+	}{{ns, "40000 49999"}, {exNS, "40000 40009"}} {
 		if err := s.ns.sysctl("net/ipv4/ip_local_port_range", s.portRange); err != nil {
 			t.Fatal(err)
 		}
@@ -293,54 +292,22 @@ func TestTimeWaitTable(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	exe, _ := os.Executable()
-	cmd := exec.Command(exe, "timewait", "-o", "json", "--interval", "300ms", "--port", fmt.Sprintf("%d,%d", twPort, exPort))
-	cmd.Env = append(os.Environ(), roleEnv+"=tcptrace")
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	errPipe, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(errPipe)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "counting closes into TIME_WAIT") {
-				ready <- true
-			}
-		}
-		close(ready)
-	}()
-	rows := make(chan twProcess, 1024)
-	go func() {
-		sc := bufio.NewScanner(out)
-		sc.Buffer(make([]byte, 1<<20), 1<<24)
-		for sc.Scan() {
-			var p twProcess
-			if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
-				t.Errorf("%q: %v", sc.Text(), err)
-				continue
-			}
-			rows <- p
-		}
-		close(rows)
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatal("timewait exited before it was ready")
-		}
-	case <-time.After(waitLong):
-		t.Fatal("timewait not ready")
-	}
+	// A connection older than tcptrace, which its client closes first once
+	// tcptrace runs: its timewait socket is the client's too (the close()
+	// names the owner).
+	const oldPort = 7325
+	srv := startRole(t, ns, "server", "-addr", fmt.Sprintf("127.0.0.1:%d", oldPort))
+	srv.expect("listening")
+	old := startRole(t, ns, "client", "-addr", fmt.Sprintf("127.0.0.1:%d", oldPort), "-hold")
+	old.expect("connected")
+	srv.expect("accepted")
 
+	rows := startRows[twProcess](t, "counting closes into TIME_WAIT",
+		"timewait", "-o", "json", "--interval", "300ms", "--port", fmt.Sprintf("%d,%d,%d", twPort, exPort, oldPort))
+
+	old.send("close")
+	old.expect("closed")
+	srv.expect("closed")
 	w := startRole(t, ns, "timewait", "-addr", fmt.Sprintf("127.0.0.1:%d", twPort), "-n", strconv.Itoa(n))
 	for range n {
 		w.expect("client-first")
@@ -359,9 +326,9 @@ func TestTimeWaitTable(t *testing.T) {
 
 	// The namespace's timewait sockets: to the peer (from ports of the
 	// range) and of accepted connections (on the listening port).
-	var toPeer, accepted int
+	var toPeer, accepted, toOld int
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		toPeer, accepted = 0, 0
+		toPeer, accepted, toOld = 0, 0, 0
 		for s := range timeWaitSockets(t, w.pid()) {
 			var l, r int
 			fmt.Sscanf(s, "%d %d", &l, &r)
@@ -370,21 +337,23 @@ func TestTimeWaitTable(t *testing.T) {
 				toPeer++
 			case l == twPort:
 				accepted++
+			case r == oldPort:
+				toOld++
 			}
 		}
-		if toPeer == n && accepted == n || time.Now().After(deadline) {
+		if toPeer == n && accepted == n && toOld == 1 || time.Now().After(deadline) {
 			break
 		}
 	}
-	if toPeer != n || accepted != n {
-		t.Fatalf("the kernel lists %d timewait sockets to the peer and %d of accepted connections, want %d each",
-			toPeer, accepted, n)
+	if toPeer != n || accepted != n || toOld != 1 {
+		t.Fatalf("the kernel lists %d timewait sockets to the peer, %d of accepted connections, %d of the older connection; want %d, %d, 1",
+			toPeer, accepted, toOld, n, n)
 	}
 
 	// The first refresh that has counted all of it.
-	var tw, exh *twProcess
+	var tw, exh, cl *twProcess
 	deadline := time.After(waitLong)
-	for tw == nil || exh == nil {
+	for tw == nil || exh == nil || cl == nil {
 		select {
 		case p, ok := <-rows:
 			if !ok {
@@ -395,10 +364,12 @@ func TestTimeWaitTable(t *testing.T) {
 				tw = &p
 			case p.PID == ex.pid() && p.NoPort == 1 && p.Connects == made:
 				exh = &p
+			case p.PID == old.pid() && p.TimeWait == toOld:
+				cl = &p
 			}
 		case <-deadline:
-			t.Fatalf("no refresh with %d timewait sockets and %d connects for %d, %d connects and 1 without a port for %d (last: %+v, %+v)",
-				toPeer+accepted, 3*n, w.pid(), made, ex.pid(), tw, exh)
+			t.Fatalf("no refresh with %d timewait sockets and %d connects for %d, %d connects and 1 without a port for %d, "+
+				"1 timewait socket for %d (last: %+v, %+v, %+v)", toPeer+accepted, 3*n, w.pid(), made, ex.pid(), old.pid(), tw, exh, cl)
 		}
 	}
 	if tw.NoPort != 0 || len(tw.Peers) != 2 {
@@ -413,6 +384,9 @@ func TestTimeWaitTable(t *testing.T) {
 	if acc.RAddr != "127.0.0.1" || acc.RPort != nil || acc.LPort == nil || *acc.LPort != twPort ||
 		acc.TimeWait != accepted || acc.Share != nil {
 		t.Errorf("its accepted connections on port %d: %+v, want %d timewait sockets, no share", twPort, acc, accepted)
+	}
+	if cl.Connects != 0 || len(cl.Peers) != 1 || cl.Peers[0].RPort == nil || *cl.Peers[0].RPort != oldPort || cl.Peers[0].Ephemeral != 1 {
+		t.Errorf("the older connection's client: %+v", *cl)
 	}
 	if exh.TimeWait != 0 || len(exh.Peers) != 1 || exh.Peers[0].RPort == nil || *exh.Peers[0].RPort != exPort {
 		t.Errorf("the exhausting workload: %+v", *exh)

@@ -73,6 +73,63 @@ func startTracer(t *testing.T, args ...string) *tracerProc {
 	return p
 }
 
+// startRows runs a tcptrace table (args: a subcommand with -o json), waits
+// until its stderr has a line containing ready, and returns its rows as they
+// come, each line decoded into a T (lines that are not are left out), until
+// it exits.
+func startRows[T any](t *testing.T, ready string, args ...string) <-chan T {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), roleEnv+"=tcptrace")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	isReady := make(chan bool, 1)
+	go func() {
+		sc := bufio.NewScanner(errPipe)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), ready) {
+				isReady <- true
+			}
+		}
+		close(isReady)
+	}()
+	rows := make(chan T, 1024)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 1<<20), 1<<24)
+		for sc.Scan() {
+			var r T
+			if json.Unmarshal(sc.Bytes(), &r) == nil {
+				rows <- r
+			}
+		}
+		close(rows)
+	}()
+	select {
+	case ok := <-isReady:
+		if !ok {
+			t.Fatalf("tcptrace %s exited before it was ready", args[0])
+		}
+	case <-time.After(waitLong):
+		t.Fatalf("tcptrace %s not ready", args[0])
+	}
+	return rows
+}
+
 // hookKinds are the hook paths a test runs side by side, in the order
 // started: the best the kernel has, raw_tp, and the classic tracepoint (whose
 // tracer may have mounted tracefs, and so stops first).

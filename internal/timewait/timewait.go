@@ -130,10 +130,10 @@ func (t *Tracker) Observe(e *event.Event) {
 	w := t.keys[k]
 	if w == nil {
 		w = &window{}
-		if known {
-			w.ports = int(hi) - int(lo) + 1
-		}
 		t.keys[k] = w
+	}
+	if known { // (learnt late where the first process asked was gone)
+		w.ports = int(hi) - int(lo) + 1
 	}
 	at := e.Mono / 1e9
 	s := &w.secs[at%Window]
