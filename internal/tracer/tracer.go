@@ -436,13 +436,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 		name:     "listener drop counters",
 		degraded: "no drops are reported and `tcptrace listeners` is unavailable",
 		candidates: []candidate{
-			single("iter/bpf_map_elem", "iter", "poll_listeners", func(p *ebpf.Program) (link.Link, error) {
-				it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps["listen_drops"]})
-				if err == nil {
-					t.poll.iter = it
-				}
-				return it, err
-			}),
+			single("iter/bpf_map_elem", "iter", "poll_listeners", t.mapIter(&t.poll, "listen_drops", nil)),
 		},
 	}
 	scan := feature{
@@ -463,19 +457,8 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 		degraded: "a closed socket's entry in the socket table goes at its final CLOSE, and the next socket at " +
 			"its address inserts its own (~180 ns more per state change in a connection storm)",
 		candidates: []candidate{
-			single("iter/bpf_map_elem", "iter", "sweep_socks", func(p *ebpf.Program) (link.Link, error) {
-				it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps["socks"]})
-				if err != nil {
-					return nil, err
-				}
-				// Only now may the state program leave closed sockets' entries.
-				if err := t.keepClosed(); err != nil {
-					it.Close()
-					return nil, err
-				}
-				t.sweep.iter = it
-				return it, nil
-			}),
+			// Only once it is attached may the state program leave closed sockets' entries.
+			single("iter/bpf_map_elem", "iter", "sweep_socks", t.mapIter(&t.sweep, "socks", t.keepClosed)),
 		},
 	}
 	late := feature{
@@ -483,13 +466,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 		degraded: "a connect() that blocks has its SYN_SENT sent only when its handshake ends (for a peer that " +
 			"never answers, once its SYNs run out)",
 		candidates: []candidate{
-			single("iter/bpf_map_elem", "iter", "send_held", func(p *ebpf.Program) (link.Link, error) {
-				it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps["pending_connects"]})
-				if err == nil {
-					t.late.iter = it
-				}
-				return it, err
-			}),
+			single("iter/bpf_map_elem", "iter", "send_held", t.mapIter(&t.late, "pending_connects", nil)),
 		},
 	}
 	if walkByRun {

@@ -36,6 +36,27 @@ func usesMap(progs map[string]*ebpf.ProgramSpec, name string) bool {
 	return false
 }
 
+// mapIter attaches the iterator of a walk over the map named m; then after
+// (if any) is done and w holds it.
+func (t *Tracer) mapIter(w *mapWalk, m string, after func() error) func(*ebpf.Program) (link.Link, error) {
+	return func(p *ebpf.Program) (link.Link, error) {
+		it, err := link.AttachIter(link.IterOptions{Program: p, Map: t.maps.Maps[m]})
+		if err != nil {
+			return nil, err
+		}
+		if after != nil {
+			if err := after(); err != nil {
+				it.Close()
+				return nil, err
+			}
+		}
+		t.iterMu.Lock()
+		w.iter = it
+		t.iterMu.Unlock()
+		return it, nil
+	}
+}
+
 // walkRun "attaches" a program of a run-on-demand walk: one run proves the
 // kernel lets it run, then after (if any) is done and w holds it. Its link
 // only takes it out of w when closed.
