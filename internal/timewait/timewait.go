@@ -76,9 +76,25 @@ type second struct {
 	ephemeral uint64
 }
 
+// window holds a key's seconds that counted something, oldest first: most
+// keys (a server's clients) have one or two, so a key costs what it counts.
 type window struct {
-	secs  [Window]second
+	secs  []second
 	ports int
+}
+
+// at returns the bucket of second at, made if need be (records come nearly
+// in order: a late one goes a step or two back).
+func (w *window) at(at uint64) *second {
+	i := len(w.secs)
+	for i > 0 && w.secs[i-1].at > at {
+		i--
+	}
+	if i > 0 && w.secs[i-1].at == at {
+		return &w.secs[i-1]
+	}
+	w.secs = slices.Insert(w.secs, i, second{at: at})
+	return &w.secs[i]
 }
 
 // Tracker counts the records of a stream into one-second buckets.
@@ -135,11 +151,7 @@ func (t *Tracker) Observe(e *event.Event) {
 	if known { // (learnt late where the first process asked was gone)
 		w.ports = int(hi) - int(lo) + 1
 	}
-	at := e.Mono / 1e9
-	s := &w.secs[at%Window]
-	if s.at != at {
-		*s = second{at: at}
-	}
+	s := w.at(e.Mono / 1e9)
 	s.add(&c)
 	if c.TimeWait == 1 && ephemeral {
 		s.ephemeral++
@@ -153,8 +165,13 @@ func (t *Tracker) Report(now uint64) []Process {
 	procs := map[key]*Process{}
 	for k, w := range t.keys {
 		p := Peer{RAddr: k.raddr, RPort: k.rport, LPort: k.lport, Ports: w.ports}
+		old := 0 // seconds aged out, at the front
+		for old < len(w.secs) && w.secs[old].at+Window <= cur {
+			old++
+		}
+		w.secs = slices.Delete(w.secs, 0, old)
 		for i := range w.secs {
-			if s := &w.secs[i]; s.at+Window > cur && s.at <= cur {
+			if s := &w.secs[i]; s.at <= cur {
 				p.add(&s.Counts)
 				p.Ephemeral += s.ephemeral
 			}

@@ -95,14 +95,28 @@ func TestTrackerCountsAndRanks(t *testing.T) {
 	}
 }
 
-// A bucket reused a minute later starts afresh.
-func TestTrackerBucketReuse(t *testing.T) {
+// A key keeps only the seconds that counted something, in order, whatever
+// order the records came in (a late one from another CPU), and none past
+// the window.
+func TestTrackerSeconds(t *testing.T) {
 	tr := NewTracker(0, nil)
 	tr.Observe(timeWait(3*sec, 1, "a", "::1", 80, 50000))
-	tr.Observe(timeWait((3+Window)*sec, 1, "a", "::1", 80, 50001))
+	tr.Observe(timeWait(10*sec, 1, "a", "::1", 80, 50001))
+	tr.Observe(timeWait(9*sec+sec/2, 1, "a", "::1", 80, 50002)) // late
+	tr.Observe(timeWait(10*sec, 1, "a", "::1", 80, 50003))
+	for _, w := range tr.keys {
+		if len(w.secs) != 3 || w.secs[0].at != 3 || w.secs[1].at != 9 || w.secs[2].at != 10 || w.secs[2].TimeWait != 2 {
+			t.Fatalf("seconds %+v", w.secs)
+		}
+	}
 	got := tr.Report((3 + Window) * sec)
-	if len(got) != 1 || got[0].TimeWait != 1 {
+	if len(got) != 1 || got[0].TimeWait != 3 {
 		t.Fatalf("%+v", got)
+	}
+	for _, w := range tr.keys {
+		if len(w.secs) != 2 {
+			t.Fatalf("an aged-out second kept: %+v", w.secs)
+		}
 	}
 	if _, ok := got[0].Peers[0].Share(); ok {
 		t.Fatal("a share without a port range")
