@@ -167,6 +167,7 @@ struct config {
 	__u32 reason_queue_purge;     /* SKB_DROP_REASON_QUEUE_PURGE here, 0 if none */
 	__u8 test_unseen_state; /* tests: act as if no program ran for changes into this state */
 	__u8 errors_only;       /* report only changes into CLOSE with an error (--errors) */
-	__u8 pad[2];
+	__u8 cpu_rings;         /* write to this CPU's ring in cpu_events, not to events */
+	__u8 pad;
 	__u64 watch_busy_ns; /* how long the listener walk leaves a listener with a queue check under way */
 };

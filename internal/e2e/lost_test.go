@@ -3,7 +3,9 @@ package e2e
 import (
 	"fmt"
 	"regexp"
+	"runtime"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,14 +66,26 @@ func TestNoChangeMissed(t *testing.T) {
 		conns = 2000
 	}
 	truth := 10*conns + 2
-	for _, kind := range []string{"tp_btf", "raw_tp", "tracepoint"} {
+	// The last: records through one ring shared by the CPUs, as where the
+	// kernel takes no ring buffers inside a map.
+	for _, kind := range []string{"tp_btf", "raw_tp", "tracepoint", "shared ring"} {
 		t.Run(kind, func(t *testing.T) {
 			ns := newNetNS(t)
-			// A ring that holds the whole storm (~128 bytes a change): a
-			// reader starved of CPU for a while loses nothing, so every
-			// loss left is a change no program recorded.
-			tr := startTracer(t, "--hook-kind", kind, "--port", "7005", "--events", "states", "-v",
-				"--ring-size", strconv.Itoa(ringFor(truth)))
+			// Rings that each hold the whole storm (~128 bytes a change,
+			// one ring per CPU): a reader starved of CPU for a while loses
+			// nothing, so every loss left is a change no program recorded.
+			args := []string{"--hook-kind", kind, "--port", "7005", "--events", "states", "-v",
+				"--ring-size", strconv.Itoa(ringFor(truth * runtime.NumCPU()))}
+			rings := tracer.CPURings
+			if kind == "shared ring" {
+				kind, rings = "tp_btf", "one shared"
+				args[1] = kind
+				args = append(args, "--test-without", tracer.CPURings)
+			}
+			tr := startTracer(t, args...)
+			if !strings.Contains(tr.stderrText(), "ring buffer: "+rings) {
+				t.Fatalf("-v names no ring buffer %q:\n%s", rings, tr.stderrText())
+			}
 			storm := startRole(t, ns, "storm", "-addr", "127.0.0.1:7005", "-n", strconv.Itoa(conns), "-clients", "4")
 			storm.expect("done")
 			storm.wait()
@@ -136,6 +150,11 @@ func TestNoChangeMissed(t *testing.T) {
 			if kind != "tracepoint" && m[1] != m[2] {
 				t.Errorf("the kernel skipped the state program %s times, the catch program recorded %s", m[1], m[2])
 			}
+			// The changes of a socket come in the order made, whichever
+			// CPUs made them (each writes its own ring).
+			if bad := outOfOrder(recs); len(bad) > 0 {
+				t.Errorf("%d changes came out of order, first ones (each after its socket's previous record):\n%s", len(bad)/2, dump(bad[:min(len(bad), 16)]))
+			}
 		})
 	}
 }
@@ -198,6 +217,25 @@ func TestStartDuringChurn(t *testing.T) {
 
 // nestedReport is -v's line on the state changes the kernel skipped.
 var nestedReport = regexp.MustCompile(`nested state changes: (\d+) skipped by the kernel, (\d+) of them recorded`)
+
+// outOfOrder returns, in pairs, records whose change does not start where
+// their socket's previous record left it, each after that previous record.
+// A socket's life starts at CLOSE (or at LISTEN->SYN_RECV, a new
+// connection's socket), whatever its address held before: a life whose end
+// went unseen (the known defect above) is no disorder.
+func outOfOrder(recs []record) []record {
+	last := map[string]record{}
+	var bad []record
+	for _, r := range recs {
+		p, ok := last[r.Sock]
+		last[r.Sock] = r
+		born := r.OldState == "CLOSE" || (r.OldState == "LISTEN" && r.NewState == "SYN_RECV")
+		if ok && !born && r.OldState != p.NewState {
+			bad = append(bad, p, r)
+		}
+	}
+	return bad
+}
 
 func byChange(recs []record) map[string]int {
 	n := map[string]int{}

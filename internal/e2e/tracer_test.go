@@ -257,7 +257,7 @@ func (p *tracerProc) waitReady() {
 	select {
 	case <-p.ready:
 	case <-p.exited:
-		p.t.Fatalf("tcptrace exited before tracing; stderr:\n%s", p.stderrText())
+		p.t.Fatalf("tcptrace exited before tracing (%v); stderr:\n%s", p.err, p.stderrText())
 	case <-time.After(waitLong):
 		p.t.Fatalf("tcptrace not ready within %v; stderr:\n%s", waitLong, p.stderrText())
 	}

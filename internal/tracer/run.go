@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"runtime"
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf/ringbuf"
+	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/event"
@@ -49,11 +48,30 @@ func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (
 // and once more at the end, so drops counted up to the last moment are sent.
 func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Duration, sink Sink) (Stats, error) {
 	var st Stats
-	rd, err := ringbuf.NewReader(t.maps.Maps["events"])
-	if err != nil {
-		return st, fmt.Errorf("open ring buffer: %w", err)
+	rings := t.rings
+	if len(rings) == 0 {
+		rings = []*ebpf.Map{t.maps.Maps["events"]}
 	}
-	defer rd.Close()
+	srcs := make([]source, len(rings))
+	for i, m := range rings {
+		s, err := newRingSource(m)
+		if err != nil {
+			return st, fmt.Errorf("open ring buffer: %w", err)
+		}
+		defer s.rd.Close()
+		srcs[i] = s
+	}
+	w, err := newRingWaiter(rings)
+	if err != nil {
+		return st, fmt.Errorf("wait for ring buffers: %w", err)
+	}
+	defer w.close()
+	merge := newMerger(srcs)
+	// One ring is read in its own order: nothing to wait for.
+	cutoff := monotonicNow
+	if len(rings) == 1 {
+		cutoff = func() uint64 { return all }
+	}
 
 	stopped := make(chan struct{})
 	defer close(stopped)
@@ -66,72 +84,44 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 				t.PollListeners(nil)
 			}
 			t.Detach()
-			rd.Flush()
+			w.flush()
 		case <-stopped:
 		}
 	}()
 
 	var (
-		rec    ringbuf.Record
 		ev     event.Event
 		offset = WallOffset()
 		lost   = lostCounter{t: t}
 		polls  = walker{last: time.Now()}
 		sweeps = walker{last: time.Now()}
 		lates  = walker{last: time.Now()}
+		pace   pacer
 	)
-	var pace pacer
-	next := time.Now().Add(drainEvery)
-	rd.SetDeadline(pace.wakeBy(next, st.Events))
-	for {
-		err := rd.ReadInto(&rec)
-		switch {
-		case err == nil:
-			if st.Events%yieldEvery == 0 {
-				pace.yield(st.Events)
-			}
-			if err := decode(rec.RawSample, offset, t.reasons, &ev); err != nil {
-				return st, err
-			}
-			st.Events++
-			if err := sink.Record(&ev); err != nil {
-				return st, err
-			}
-		case errors.Is(err, os.ErrDeadlineExceeded):
+	deliver := func(raw []byte) error {
+		if st.Events%yieldEvery == 0 {
 			pace.yield(st.Events)
-			// epoll_wait counts whole milliseconds: a shorter wait would spin.
-			if time.Until(next) >= time.Millisecond {
-				rd.SetDeadline(pace.wakeBy(next, st.Events))
-				continue
-			}
-			if pollEvery > 0 && polls.due(pollEvery) {
-				err := t.PollListeners(nil)
-				if polls.done(); err != nil && !errors.Is(err, ErrNoListenerWalk) {
-					return st, err
-				}
-			}
-			if lates.due(lateEvery) {
-				err := t.SendLate()
-				if lates.done(); err != nil && !errors.Is(err, ErrNoLateWalk) {
-					return st, err
-				}
-			}
-			if sweeps.due(sweepEvery) {
-				err := t.SweepClosed()
-				if sweeps.done(); err != nil && !errors.Is(err, ErrNoSweep) {
-					return st, err
-				}
-			}
-			if err := lost.report(sink, &st, false); err != nil {
+		}
+		if err := decode(raw, offset, t.reasons, &ev); err != nil {
+			return err
+		}
+		st.Events++
+		return sink.Record(&ev)
+	}
+	next := time.Now().Add(drainEvery)
+	for {
+		wake := pace.wakeBy(next, st.Events)
+		if soon := time.Now().Add(maxWait); merge.held() && soon.Before(wake) {
+			wake = soon // records stamped after the last drain wait for the next
+		}
+		flushed, err := w.wait(wake)
+		if err != nil {
+			return st, err
+		}
+		if flushed {
+			if err := merge.drain(all, deliver); err != nil {
 				return st, err
 			}
-			if err := sink.Idle(); err != nil {
-				return st, err
-			}
-			offset = WallOffset()
-			next = time.Now().Add(drainEvery)
-			rd.SetDeadline(pace.wakeBy(next, st.Events))
-		case errors.Is(err, ringbuf.ErrFlushed):
 			if err := t.emitHeld(offset, sink, &st); err != nil {
 				return st, err
 			}
@@ -139,9 +129,40 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 				return st, err
 			}
 			return st, sink.Idle()
-		default:
-			return st, fmt.Errorf("read ring buffer: %w", err)
 		}
+		if err := merge.drain(cutoff(), deliver); err != nil {
+			return st, err
+		}
+		pace.yield(st.Events)
+		if time.Until(next) >= time.Millisecond {
+			continue
+		}
+		if pollEvery > 0 && polls.due(pollEvery) {
+			err := t.PollListeners(nil)
+			if polls.done(); err != nil && !errors.Is(err, ErrNoListenerWalk) {
+				return st, err
+			}
+		}
+		if lates.due(lateEvery) {
+			err := t.SendLate()
+			if lates.done(); err != nil && !errors.Is(err, ErrNoLateWalk) {
+				return st, err
+			}
+		}
+		if sweeps.due(sweepEvery) {
+			err := t.SweepClosed()
+			if sweeps.done(); err != nil && !errors.Is(err, ErrNoSweep) {
+				return st, err
+			}
+		}
+		if err := lost.report(sink, &st, false); err != nil {
+			return st, err
+		}
+		if err := sink.Idle(); err != nil {
+			return st, err
+		}
+		offset = WallOffset()
+		next = time.Now().Add(drainEvery)
 	}
 }
 

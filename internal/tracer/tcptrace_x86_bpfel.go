@@ -29,7 +29,8 @@ type tcptraceConfig struct {
 	ReasonQueuePurge     uint32
 	TestUnseenState      uint8
 	ErrorsOnly           uint8
-	Pad                  [2]uint8
+	CpuRings             uint8
+	Pad                  uint8
 	_                    [4]byte
 	WatchBusyNs          uint64
 }
@@ -219,6 +220,7 @@ type tcptraceStateNest struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	tcptraceMapConnecting        = "connecting"
+	tcptraceMapCpuEvents         = "cpu_events"
 	tcptraceMapDropWatch         = "drop_watch"
 	tcptraceMapEvents            = "events"
 	tcptraceMapFates             = "fates"
@@ -400,6 +402,7 @@ type tcptraceProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
 	Connecting      *ebpf.MapSpec `ebpf:"connecting"`
+	CpuEvents       *ebpf.MapSpec `ebpf:"cpu_events"`
 	DropWatch       *ebpf.MapSpec `ebpf:"drop_watch"`
 	Events          *ebpf.MapSpec `ebpf:"events"`
 	Fates           *ebpf.MapSpec `ebpf:"fates"`
@@ -455,6 +458,7 @@ func (o *tcptraceObjects) Close() error {
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
 	Connecting      *ebpf.Map `ebpf:"connecting"`
+	CpuEvents       *ebpf.Map `ebpf:"cpu_events"`
 	DropWatch       *ebpf.Map `ebpf:"drop_watch"`
 	Events          *ebpf.Map `ebpf:"events"`
 	Fates           *ebpf.Map `ebpf:"fates"`
@@ -475,6 +479,7 @@ type tcptraceMaps struct {
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
 		m.Connecting,
+		m.CpuEvents,
 		m.DropWatch,
 		m.Events,
 		m.Fates,

@@ -564,7 +564,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			}
 		}
 	}
-	if opts.Without != "" && !leaveOut(fs, opts.Without) {
+	if opts.Without != "" && opts.Without != CPURings && !leaveOut(fs, opts.Without) {
 		return nil, fmt.Errorf("cannot leave out %q: not an optional feature or a hook here", opts.Without)
 	}
 	return fs, nil
@@ -613,8 +613,9 @@ type Tracer struct {
 	progs   []*ebpf.Collection
 	links   []link.Link
 	hooks   []Hook
-	iter    *link.Iter // the socket scan, when the kernel has task_file iterators
-	mounted string     // tracefs mount point we created, unmounted on Close
+	rings   []*ebpf.Map // the ring buffers records come through: one per CPU, or events
+	iter    *link.Iter  // the socket scan, when the kernel has task_file iterators
+	mounted string      // tracefs mount point we created, unmounted on Close
 	reasons *kernelReasons
 	kernel  *btf.Spec // the running kernel's BTF
 
@@ -667,17 +668,15 @@ func New(opts Options) (_ *Tracer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("parse embedded BPF object: %w", err)
 	}
-	reasons := loadKernelReasons(kernel)
-	if err := configure(spec, &opts, reasons); err != nil {
-		return nil, err
-	}
-
-	t := &Tracer{reasons: reasons, kernel: kernel}
+	t := &Tracer{reasons: loadKernelReasons(kernel), kernel: kernel}
 	defer func() {
 		if err != nil {
 			t.Close()
 		}
 	}()
+	if err := t.configure(spec, &opts); err != nil {
+		return nil, err
+	}
 
 	// Maps first, shared by whichever programs end up loaded.
 	mapSpec := spec.Copy()
@@ -713,7 +712,8 @@ func New(opts Options) (_ *Tracer, err error) {
 // reported by its exit. Far longer than the call takes, even under emulation.
 const watchBusy = 10 * time.Millisecond
 
-func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *kernelReasons) error {
+func (t *Tracer) configure(spec *ebpf.CollectionSpec, opts *Options) error {
+	reasons := t.reasons
 	cfg := tcptraceConfig{StateMask: opts.StateMask, OldStateMask: opts.OldStateMask, WakeupBytes: opts.WakeupBytes,
 		ReasonListenOverflow: reasons.listenOverflow, ReasonNotSpecified: reasons.notSpecified,
 		ReasonQueuePurge: reasons.queuePurge,
@@ -745,10 +745,9 @@ func configure(spec *ebpf.CollectionSpec, opts *Options, reasons *kernelReasons)
 	if opts.RingBytes == 0 {
 		opts.RingBytes = DefaultRingBytes
 	}
-	if opts.WakeupBytes == 0 {
-		cfg.WakeupBytes = opts.RingBytes / 16
+	if wakeup := t.setupRings(spec, opts, &cfg); opts.WakeupBytes == 0 {
+		cfg.WakeupBytes = wakeup
 	}
-	spec.Maps["events"].MaxEntries = opts.RingBytes
 	if err := spec.Variables["cfg"].Set(cfg); err != nil {
 		return fmt.Errorf("set BPF config: %w", err)
 	}
@@ -990,6 +989,7 @@ func (t *Tracer) stopDropWatch() {
 // Close detaches and releases every program, link and map.
 func (t *Tracer) Close() error {
 	err := t.Detach()
+	t.closeRings()
 	if t.maps != nil {
 		t.maps.Close()
 		t.maps = nil
