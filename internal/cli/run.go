@@ -179,6 +179,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if cfg.Verbose {
 		fmt.Fprintf(stderr, "tcptrace: nested state changes: %d skipped by the kernel, %d of them recorded by the catch program\n",
 			st.Nested, st.Caught)
+		fmt.Fprintf(stderr, "tcptrace: closed socket sweep: %d walks, %d left out (no socket closed since the walk before)\n",
+			st.Sweeps, st.SweepsSkipped)
 		fmt.Fprintf(stderr, "tcptrace: owner cache: %d sockets after %d scans (%d failed)\n",
 			owners.Tracked(), owners.Scans, owners.ScanErrs)
 		fmt.Fprintf(stderr, "tcptrace: event age at write: p50 <= %v, p99 <= %v, max <= %v (%d events)\n",

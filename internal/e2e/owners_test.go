@@ -387,7 +387,18 @@ func TestOwnerStateStaysBounded(t *testing.T) {
 			break
 		}
 	}
+	// Idle now (no socket closes here otherwise): the sweep has nothing to
+	// find and leaves its walks out.
+	time.Sleep(2500 * time.Millisecond)
 	tr.stopClean()
+	sweeps := regexp.MustCompile(`closed socket sweep: (\d+) walks, (\d+) left out`).FindStringSubmatch(tr.stderrText())
+	if sweeps == nil {
+		t.Fatalf("no sweep report in:\n%s", tr.stderrText())
+	}
+	t.Log(sweeps[0])
+	if sweeps[2] == "0" {
+		t.Errorf("%s: the sweep walked the table while no socket closed", sweeps[0])
+	}
 
 	m := regexp.MustCompile(`owner cache: (\d+) sockets`).FindStringSubmatch(tr.stderrText())
 	if m == nil {

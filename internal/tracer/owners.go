@@ -109,9 +109,25 @@ func Mono() uint64 {
 var ErrNoSweep = errors.New("closed socket sweep unavailable: the kernel allows neither iter/bpf_map_elem nor bpf_for_each_map_elem (5.13+)")
 
 // SweepClosed deletes the kernel side's entries of sockets closed over a
-// second ago that no new socket at their address took over.
-func (t *Tracer) SweepClosed() error {
-	return t.readWalk(&t.sweep, ErrNoSweep, "closed socket sweep", 0, nil)
+// second ago that no new socket at their address took over. Called at most
+// once a second, it walks the table only if a socket's entry was kept at
+// its close since the call before last (one the last walk found too young
+// goes at this one); otherwise there is nothing to find, and an idle tracer
+// saves the walk (~3 ms on 131,072 entries). It says whether it walked.
+func (t *Tracer) SweepClosed() (bool, error) {
+	if err := t.maps.Maps["closes_kept"].Lookup(uint32(0), &t.closesPerCPU); err != nil {
+		return false, fmt.Errorf("read BPF map closes_kept: %w", err)
+	}
+	var n uint64
+	for _, c := range t.closesPerCPU {
+		n += c
+	}
+	before := t.closesAt
+	t.closesAt = [2]uint64{before[1], n}
+	if n == before[0] && n == before[1] {
+		return false, nil
+	}
+	return true, t.readWalk(&t.sweep, ErrNoSweep, "closed socket sweep", 0, nil)
 }
 
 // ErrNoLateWalk means the kernel refused the walk of held events

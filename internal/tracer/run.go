@@ -34,6 +34,9 @@ type Stats struct {
 	// Gaps: sockets whose recorded history skips a state (a change no
 	// program saw, whether or not the kernel counted the skip).
 	Gaps uint64
+	// Sweeps: walks of the closed sockets' entries; SweepsSkipped: those
+	// left out, no socket having closed since the walk before.
+	Sweeps, SweepsSkipped uint64
 }
 
 // Run streams records to sink until ctx ends. Then it detaches every hook,
@@ -97,6 +100,10 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 		sweeps = walker{last: time.Now()}
 		lates  = walker{last: time.Now()}
 		pace   pacer
+		// reports paces lost.report while no records flow; reported is
+		// st.Events at the last report.
+		reports  = walker{last: time.Now()}
+		reported uint64
 	)
 	deliver := func(raw []byte) error {
 		if st.Events%yieldEvery == 0 {
@@ -150,13 +157,24 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 			}
 		}
 		if sweeps.due(sweepEvery) {
-			err := t.SweepClosed()
+			walked, err := t.SweepClosed()
 			if sweeps.done(); err != nil && !errors.Is(err, ErrNoSweep) {
 				return st, err
 			}
+			if walked {
+				st.Sweeps++
+			} else {
+				st.SweepsSkipped++
+			}
 		}
-		if err := lost.report(sink, &st, false); err != nil {
-			return st, err
+		// Losses and gaps come with records: while none flow, a look
+		// every reportEvery is enough (each is a few bpf() calls).
+		if st.Events != reported || reports.due(reportEvery) {
+			if err := lost.report(sink, &st, false); err != nil {
+				return st, err
+			}
+			reports.done()
+			reported = st.Events
 		}
 		if err := sink.Idle(); err != nil {
 			return st, err
@@ -188,6 +206,10 @@ const lateEvery = 250 * time.Millisecond
 // sweepEvery is how often closed sockets' entries are swept (those closed
 // over a second ago go).
 const sweepEvery = time.Second
+
+// reportEvery is how often lost records and gaps are looked for while no
+// records flow (while they do, at every drain).
+const reportEvery = 250 * time.Millisecond
 
 // walker paces a periodic walk (an iterator run): one that costs more waits
 // longer, so it takes at most 5% of a CPU.

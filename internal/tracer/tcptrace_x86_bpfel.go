@@ -219,6 +219,7 @@ type tcptraceStateNest struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	tcptraceMapClosesKept        = "closes_kept"
 	tcptraceMapConnecting        = "connecting"
 	tcptraceMapCpuEvents         = "cpu_events"
 	tcptraceMapDropWatch         = "drop_watch"
@@ -401,6 +402,7 @@ type tcptraceProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceMapSpecs struct {
+	ClosesKept      *ebpf.MapSpec `ebpf:"closes_kept"`
 	Connecting      *ebpf.MapSpec `ebpf:"connecting"`
 	CpuEvents       *ebpf.MapSpec `ebpf:"cpu_events"`
 	DropWatch       *ebpf.MapSpec `ebpf:"drop_watch"`
@@ -457,6 +459,7 @@ func (o *tcptraceObjects) Close() error {
 //
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptraceMaps struct {
+	ClosesKept      *ebpf.Map `ebpf:"closes_kept"`
 	Connecting      *ebpf.Map `ebpf:"connecting"`
 	CpuEvents       *ebpf.Map `ebpf:"cpu_events"`
 	DropWatch       *ebpf.Map `ebpf:"drop_watch"`
@@ -478,6 +481,7 @@ type tcptraceMaps struct {
 
 func (m *tcptraceMaps) Close() error {
 	return _TcptraceClose(
+		m.ClosesKept,
 		m.Connecting,
 		m.CpuEvents,
 		m.DropWatch,

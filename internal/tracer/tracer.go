@@ -619,11 +619,15 @@ type Tracer struct {
 	reasons *kernelReasons
 	kernel  *btf.Spec // the running kernel's BTF
 
-	poll       mapWalk     // the listener walk
-	sweep      mapWalk     // the sweep of closed sockets' entries
-	late       mapWalk     // the walk of held events that no change or exit sent
-	heldPerCPU []int64     // the held map's per-CPU counts, last read
-	dropWatch  []link.Link // the per-packet drop hooks, closed before the last walk
+	poll       mapWalk // the listener walk
+	sweep      mapWalk // the sweep of closed sockets' entries
+	late       mapWalk // the walk of held events that no change or exit sent
+	heldPerCPU []int64 // the held map's per-CPU counts, last read
+	// closesPerCPU is closes_kept as last read; closesAt its sums at the
+	// last two sweeps due.
+	closesPerCPU []uint64
+	closesAt     [2]uint64
+	dropWatch    []link.Link // the per-packet drop hooks, closed before the last walk
 	// stateProg is the active state-change program: the runs the kernel
 	// skipped (recursion) are lost events too, but for those the catch
 	// program recorded (the nesting map's caught count). Its counts start
