@@ -133,13 +133,6 @@ func (m *merger) drain(cutoff uint64, deliver func([]byte) error) error {
 // merge).
 const all = math.MaxUint64
 
-// monotonicNow is the clock records are stamped with (bpf_ktime_get_ns).
-func monotonicNow() uint64 {
-	var ts unix.Timespec
-	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
-	return uint64(ts.Nano())
-}
-
 // ringWaiter waits for any of the rings to wake the reader (the kernel side
 // wakes it at a byte mark), for a deadline, or for flush.
 type ringWaiter struct {

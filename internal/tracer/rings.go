@@ -19,16 +19,15 @@ const (
 	sharedRing = "one shared"
 )
 
-// maxRingPerCPU bounds a CPU's ring below the whole --ring-size: a machine
-// with many CPUs gets no less than this per CPU (a burst often comes from
-// one), but not ring-size times its CPUs.
-const maxRingPerCPU = 1 << 20
+// minRingPerCPU is the least ring a CPU gets, however small its share of
+// --ring-size on a machine with many CPUs: a burst often comes from one.
+const minRingPerCPU = 1 << 20
 
 // ringPerCPU is each CPU's ring for a total of total bytes over cpus CPUs:
 // its share rounded up to a power of two, at least a page and at least
-// min(total, maxRingPerCPU).
+// min(total, minRingPerCPU).
 func ringPerCPU(total uint32, cpus int) uint32 {
-	n := max(total/uint32(cpus), min(total, maxRingPerCPU), uint32(os.Getpagesize()))
+	n := max(total/uint32(cpus), min(total, minRingPerCPU), uint32(os.Getpagesize()))
 	if n&(n-1) != 0 {
 		n = 1 << bits.Len32(n)
 	}

@@ -70,8 +70,9 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 	}
 	defer w.close()
 	merge := newMerger(srcs)
-	// One ring is read in its own order: nothing to wait for.
-	cutoff := monotonicNow
+	// Records are stamped with Mono's clock. One ring is read in its own
+	// order: nothing to wait for.
+	cutoff := Mono
 	if len(rings) == 1 {
 		cutoff = func() uint64 { return all }
 	}
