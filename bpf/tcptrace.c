@@ -667,6 +667,23 @@ static __always_inline void report_counted_drops(const struct sock *sk, __u32 *s
 	output_record(&d, sizeof(d));
 }
 
+/* Report the kernel's SYN-flood flag on a listener, once: at the listener
+ * walk, and at the listener's close (a flag set since the last walk). */
+static __always_inline void report_flood(const struct sock *sk, struct listen_count *lc, const struct owner *o, __u64 now)
+{
+	if (lc->flood_told ||
+	    !BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.synflood_warned))
+		return;
+	lc->flood_told = 1;
+	struct drop d = {};
+	if (!fill_listener(&d, sk, o) || !drop_wanted(&d))
+		return;
+	d.ts_ns = now;
+	d.kind = DROP_SYN_FLOOD;
+	d.reason = lc->flood_before;
+	output_record(&d, sizeof(d));
+}
+
 static __always_inline int handle_state(const struct sock *sk, int oldstate, int newstate, const bool btf)
 {
 	if (!is_tcp(sk, btf))
@@ -729,10 +746,13 @@ static __always_inline int handle_state(const struct sock *sk, int oldstate, int
 	} else if (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) {
 		bpf_map_delete_elem(&listeners, &lk);
 		unwatch_listener(&lk, skaddr);
-		/* The last drops since the previous poll must not go with it. */
+		/* The last drops since the previous poll must not go with it,
+		 * nor a SYN-flood flag set since. */
 		struct listen_count *lc = bpf_map_lookup_elem(&listen_drops, &skaddr);
-		if (lc)
+		if (lc) {
 			report_counted_drops(sk, &lc->seen, &si->owner, now);
+			report_flood(sk, lc, &si->owner, now);
+		}
 		bpf_map_delete_elem(&listen_drops, &skaddr);
 	}
 
@@ -2022,24 +2042,6 @@ int BPF_PROG(syn_consumed, struct sk_buff *skb, void *location)
 		}
 	}
 	return 0;
-}
-
-/* Report the kernel's SYN-flood flag on a listener, once. The walk alone
- * looks (not the state program, at a listener's close: a flag set within a
- * walk's interval of the close goes unreported). */
-static __always_inline void report_flood(const struct sock *sk, struct listen_count *lc, const struct owner *o, __u64 now)
-{
-	if (lc->flood_told ||
-	    !BPF_CORE_READ((const struct inet_connection_sock *)sk, icsk_accept_queue.synflood_warned))
-		return;
-	lc->flood_told = 1;
-	struct drop d = {};
-	if (!fill_listener(&d, sk, o) || !drop_wanted(&d))
-		return;
-	d.ts_ns = now;
-	d.kind = DROP_SYN_FLOOD;
-	d.reason = lc->flood_before;
-	output_record(&d, sizeof(d));
 }
 
 /*

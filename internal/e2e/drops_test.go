@@ -625,6 +625,44 @@ func TestMissedWave(t *testing.T) {
 	}
 }
 
+// TestSynFloodAtClose: a listener flagged as SYN-flooded since the last
+// listener walk and closed before the next still has its flag reported, at
+// its close. The walk is left out here, so the close alone can report it.
+func TestSynFloodAtClose(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	if err := ns.sysctl("net/ipv4/tcp_syncookies", "0"); err != nil {
+		t.Fatal(err)
+	}
+	const feature = "listener drop counters"
+	tr := startTracer(t, "--events", "drops", "--test-without", feature, "-v")
+	if h := feature + ": none not used"; !strings.Contains(tr.stderrText(), h) {
+		t.Fatalf("-v lacks %q:\n%s", h, tr.stderrText())
+	}
+	ln := startRole(t, ns, "backlog1", "-addr", "127.0.0.1:7078", "-backlog", "4")
+	ln.expect("listening")
+	before := netstat(t, ln.pid())
+	b := startRole(t, ns, "synburst", "-addr", "127.0.0.1:7078", "-n", "20")
+	b.expect("clients")
+	b.expect("done")
+	b.wait()
+	if after := netstat(t, ln.pid()); after["TCPReqQFullDrop"] == before["TCPReqQFullDrop"] {
+		t.Fatal("the burst did not overflow the SYN queue (TCPReqQFullDrop did not grow): the workload did not do what the test needs")
+	}
+	ln.send("close")
+	ln.expect("closed")
+	ln.exit()
+	time.Sleep(100 * time.Millisecond)
+	tr.stopClean()
+	rs := tr.records("syn_flood", ns)
+	if len(rs) != 1 {
+		t.Fatalf("%d syn_flood records, want 1 (at the listener's close): %v", len(rs), rs)
+	}
+	if r := rs[0]; r.LPort != 7078 || r.PID != ln.pid() || r.Action != "drop" {
+		t.Errorf("%+v: want port 7078, pid %d, action drop", r, ln.pid())
+	}
+}
+
 // TestSynFloodRecord: the kernel's SYN-flood flag on a listener (its
 // "Possible SYN flooding" warning) comes into the stream once, with the
 // listener's owner and what the kernel does with the SYNs past the full
