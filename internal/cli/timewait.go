@@ -119,7 +119,7 @@ func runTimeWait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer tr.Close()
 
-	ranges := &portRanges{known: map[uint32]portRange{}, failed: map[uint32]bool{}}
+	ranges := &portRanges{known: map[uint32]portRange{}, failed: map[uint32]time.Time{}, warn: stderr}
 	tw := &timeWaitTable{
 		tracker: timewait.NewTracker(tracer.Mono(), ranges.lookup),
 		cfg:     cfg,
@@ -195,10 +195,17 @@ func (c *timeWaitTable) show() error {
 // portRanges knows each network namespace's ephemeral port range, read once
 // (through a process of that namespace; tcptrace's own directly).
 type portRanges struct {
-	self   uint32 // tcptrace's own namespace, once looked up
-	known  map[uint32]portRange
-	failed map[uint32]bool // namespaces none of whose processes could say
+	self  uint32 // tcptrace's own namespace, once looked up
+	known map[uint32]portRange
+	// failed: namespaces none of whose processes could say, and when to
+	// ask again (a lookup costs a thread and, failing, a scan of /proc).
+	failed map[uint32]time.Time
+	warn   io.Writer // told of each namespace whose range is unknown, once
 }
+
+// rangeRetry is how long a namespace whose range could not be read waits
+// before it is asked again.
+const rangeRetry = time.Second
 
 type portRange struct{ lo, hi uint16 }
 
@@ -208,7 +215,8 @@ func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 	if pr, ok := r.known[ns]; ok {
 		return pr.lo, pr.hi, true
 	}
-	if r.failed[ns] {
+	retry, failed := r.failed[ns]
+	if failed && time.Now().Before(retry) {
 		return 0, 0, false
 	}
 	if r.self == 0 {
@@ -235,9 +243,13 @@ func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 		_, err = fmt.Sscan(strings.TrimSpace(text), &pr.lo, &pr.hi)
 	}
 	if err != nil {
-		r.failed[ns] = true
+		if !failed {
+			fmt.Fprintf(r.warn, "tcptrace: timewait: the ephemeral port range of network namespace %d is unknown for now (%v): no share of it is shown, and accepted connections there are counted per client\n", ns, err)
+		}
+		r.failed[ns] = time.Now().Add(rangeRetry)
 		return 0, 0, false
 	}
+	delete(r.failed, ns)
 	r.known[ns] = pr
 	return pr.lo, pr.hi, true
 }

@@ -96,11 +96,27 @@ func startRows[T any](t *testing.T, ready string, args ...string) <-chan T {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// Its stderr, shown if the test fails.
+	var (
+		mu     sync.Mutex
+		stderr strings.Builder
+	)
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if t.Failed() {
+			t.Logf("tcptrace %s stderr:\n%s", args[0], stderr.String())
+		}
+	})
 	isReady := make(chan bool, 1)
 	go func() {
 		sc := bufio.NewScanner(errPipe)
 		for sc.Scan() {
+			mu.Lock()
+			stderr.WriteString(sc.Text() + "\n")
+			mu.Unlock()
 			if strings.Contains(sc.Text(), ready) {
 				isReady <- true
 			}
