@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
@@ -119,7 +118,7 @@ func runTimeWait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	defer tr.Close()
 
-	ranges := &portRanges{known: map[uint32]portRange{}, failed: map[uint32]time.Time{}, warn: stderr}
+	ranges := newPortRanges(stderr)
 	tw := &timeWaitTable{
 		tracker: timewait.NewTracker(tracer.Mono(), ranges.lookup),
 		cfg:     cfg,
@@ -197,26 +196,39 @@ func (c *timeWaitTable) show() error {
 type portRanges struct {
 	self  uint32 // tcptrace's own namespace, once looked up
 	known map[uint32]portRange
-	// failed: namespaces none of whose processes could say, and when to
-	// ask again (a lookup costs a thread and, failing, a scan of /proc).
-	failed map[uint32]time.Time
-	warn   io.Writer // told of each namespace whose range is unknown, once
+	// tried: a failed lookup through a process, and when to try it again;
+	// another process of the namespace is tried at once (the one that
+	// failed is often a client gone by the time its close is counted).
+	tried map[nsPID]time.Time
+	// searched: when /proc may next be searched for a way into a namespace
+	// whose process is gone (a search stats every process and thread).
+	searched map[uint32]time.Time
+	warned   map[uint32]bool
+	warn     io.Writer // told of each namespace whose range is unknown, once
 }
 
-// rangeRetry is how long a namespace whose range could not be read waits
-// before it is asked again.
-const rangeRetry = time.Second
+type nsPID struct{ ns, pid uint32 }
 
 type portRange struct{ lo, hi uint16 }
 
 const portRangeSysctl = "net/ipv4/ip_local_port_range"
 
+// rangeRetry is how long a failed way into a namespace waits before it is
+// tried again.
+const rangeRetry = time.Second
+
+func newPortRanges(warn io.Writer) *portRanges {
+	return &portRanges{known: map[uint32]portRange{}, tried: map[nsPID]time.Time{},
+		searched: map[uint32]time.Time{}, warned: map[uint32]bool{}, warn: warn}
+}
+
 func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 	if pr, ok := r.known[ns]; ok {
 		return pr.lo, pr.hi, true
 	}
-	retry, failed := r.failed[ns]
-	if failed && time.Now().Before(retry) {
+	k := nsPID{ns, pid}
+	now := time.Now()
+	if again, ok := r.tried[k]; ok && now.Before(again) {
 		return 0, 0, false
 	}
 	if r.self == 0 {
@@ -231,11 +243,10 @@ func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 		var b []byte
 		b, err = os.ReadFile("/proc/sys/" + portRangeSysctl)
 		text = string(b)
-	} else if text, err = netns.SysctlOf(int(pid), ns, portRangeSysctl); err != nil {
-		// The process is gone (a short-lived client often is by the time
-		// its close is counted): through any other of the namespace's.
-		if other := processIn(ns); other != 0 {
-			text, err = netns.SysctlOf(other, ns, portRangeSysctl)
+	} else if text, err = netns.SysctlOf(int(pid), ns, portRangeSysctl); err != nil && !now.Before(r.searched[ns]) {
+		r.searched[ns] = now.Add(rangeRetry)
+		if path := netns.Find(ns); path != "" {
+			text, err = netns.SysctlAt(path, ns, portRangeSysctl)
 		}
 	}
 	var pr portRange
@@ -243,32 +254,16 @@ func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 		_, err = fmt.Sscan(strings.TrimSpace(text), &pr.lo, &pr.hi)
 	}
 	if err != nil {
-		if !failed {
-			fmt.Fprintf(r.warn, "tcptrace: timewait: the ephemeral port range of network namespace %d is unknown for now (%v): no share of it is shown, and accepted connections there are counted per client\n", ns, err)
+		if len(r.tried) > 4096 {
+			clear(r.tried)
 		}
-		r.failed[ns] = time.Now().Add(rangeRetry)
+		r.tried[k] = now.Add(rangeRetry)
+		if !r.warned[ns] {
+			r.warned[ns] = true
+			fmt.Fprintf(r.warn, "tcptrace: timewait: the ephemeral port range of network namespace %d is unknown for now (%v): until it is read, no share of it is shown and accepted connections there are counted per client\n", ns, err)
+		}
 		return 0, 0, false
 	}
-	delete(r.failed, ns)
 	r.known[ns] = pr
 	return pr.lo, pr.hi, true
-}
-
-// processIn finds a process in network namespace ns, 0 if none.
-func processIn(ns uint32) int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		var st unix.Stat_t
-		if unix.Stat("/proc/"+e.Name()+"/ns/net", &st) == nil && uint32(st.Ino) == ns {
-			return pid
-		}
-	}
-	return 0
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tcptrace/tcptrace/internal/netns"
 )
 
 // runTimeWait makes n connections of each kind, to itself, and says the
@@ -390,5 +392,30 @@ func TestTimeWaitTable(t *testing.T) {
 	}
 	if exh.TimeWait != 0 || len(exh.Peers) != 1 || exh.Peers[0].RPort == nil || *exh.Peers[0].RPort != exPort {
 		t.Errorf("the exhausting workload: %+v", *exh)
+	}
+}
+
+// TestPortRangeOfThreadsNamespace: timewait reads a namespace's ephemeral
+// port range through a way into it, and the process its close names is often
+// gone by then. A namespace can be held by one thread alone (as here, and by
+// a container runtime's or a test's helper): it is found through the thread.
+// (TestTimeWaitTable failed now and then under load without it: the range of
+// its namespace stayed unknown when its only processes had exited.)
+func TestPortRangeOfThreadsNamespace(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t) // held by a thread of this process, no process in it
+	if err := ns.sysctl("net/ipv4/ip_local_port_range", "41000 41999"); err != nil {
+		t.Fatal(err)
+	}
+	path := netns.Find(ns.ino)
+	if !strings.Contains(path, "/task/") {
+		t.Fatalf("netns.Find(%d) = %q, want the holding thread's /proc/PID/task/TID/ns/net", ns.ino, path)
+	}
+	got, err := netns.SysctlAt(path, ns.ino, "net/ipv4/ip_local_port_range")
+	if err != nil || strings.Join(strings.Fields(got), " ") != "41000 41999" {
+		t.Fatalf("the range through %s: %q, %v; want 41000 41999", path, got, err)
+	}
+	if p := netns.Find(1); p != "" {
+		t.Errorf("netns.Find(1) = %q for no such namespace", p)
 	}
 }

@@ -6,6 +6,7 @@ package netns
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -48,17 +49,23 @@ func Sysctl(name, value string) error {
 // /proc/PID/ns/net on a thread of its own, which ends with the read (so no
 // goroutine runs in that namespace after it).
 func SysctlOf(pid int, ino uint32, name string) (string, error) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/ns/net", pid))
+	return SysctlAt(fmt.Sprintf("/proc/%d/ns/net", pid), ino, name)
+}
+
+// SysctlAt is SysctlOf through the namespace file at path (a process's or a
+// thread's /proc/.../ns/net, or a bind mount such as /run/netns/NAME).
+func SysctlAt(path string, ino uint32, name string) (string, error) {
+	f, err := os.Open(path)
 	if err != nil {
 		return "", fmt.Errorf("open network namespace: %w", err)
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return "", fmt.Errorf("stat /proc/%d/ns/net: %w", pid, err)
+		return "", fmt.Errorf("stat %s: %w", path, err)
 	}
 	if uint32(st.Ino) != ino {
-		return "", fmt.Errorf("process %d is no longer in network namespace %d", pid, ino)
+		return "", fmt.Errorf("%s is no longer network namespace %d", path, ino)
 	}
 	var value string
 	osthread.Alone(func() {
@@ -71,4 +78,45 @@ func SysctlOf(pid int, ino uint32, name string) (string, error) {
 		value = strings.TrimSpace(string(b))
 	})
 	return value, err
+}
+
+// Find finds a way into the network namespace with inode ino, for SysctlAt:
+// a bind mount of it under /run/netns (ip netns), a process of it, or a
+// thread of it (a namespace can be held by one thread alone); "" if none.
+// It stats every process, and then every thread: not for a hot path.
+func Find(ino uint32) string {
+	is := func(path string) bool {
+		var st unix.Stat_t
+		return unix.Stat(path, &st) == nil && uint32(st.Ino) == ino
+	}
+	if ents, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range ents {
+			if p := "/run/netns/" + e.Name(); is(p) {
+				return p
+			}
+		}
+	}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return ""
+	}
+	var pids []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		if p := "/proc/" + e.Name() + "/ns/net"; is(p) {
+			return p
+		}
+		pids = append(pids, e.Name())
+	}
+	for _, pid := range pids {
+		tasks, _ := os.ReadDir("/proc/" + pid + "/task")
+		for _, task := range tasks {
+			if p := "/proc/" + pid + "/task/" + task.Name() + "/ns/net"; is(p) {
+				return p
+			}
+		}
+	}
+	return ""
 }
