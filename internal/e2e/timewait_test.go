@@ -348,8 +348,9 @@ func TestTimeWaitTable(t *testing.T) {
 		}
 	}
 	if toPeer != n || accepted != n || toOld != 1 {
-		t.Fatalf("the kernel lists %d timewait sockets to the peer, %d of accepted connections, %d of the older connection; want %d, %d, 1",
-			toPeer, accepted, toOld, n, n)
+		all, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", w.pid()))
+		t.Fatalf("the kernel lists %d timewait sockets to the peer, %d of accepted connections, %d of the older connection; want %d, %d, 1; the namespace's sockets:\n%s",
+			toPeer, accepted, toOld, n, n, all)
 	}
 
 	// The first refresh that has counted all of it.
