@@ -2,10 +2,13 @@ package cli
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/netns"
 	"github.com/tcptrace/tcptrace/internal/output"
+	"github.com/tcptrace/tcptrace/internal/procnet"
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
 	"github.com/tcptrace/tcptrace/internal/timewait"
 	"github.com/tcptrace/tcptrace/internal/tracer"
@@ -95,8 +99,11 @@ Usage: sudo tcptrace timewait [flags]
 
 Flags:
 %s
-Counts start when tcptrace does: until it has watched for %d s, the header
-says how long it has. At exit (Ctrl-C, --duration) a last table is printed.
+The timewait sockets already there at the start are counted from the first
+table, per namespace in a row "(before start)": who made them is unknown
+(--pid and --comm leave them out). Closes and connects count from the start:
+until tcptrace has watched for %d s, the header says how long it has. At exit
+(Ctrl-C, --duration) a last table is printed.
 `, timewait.Window, fs.FlagUsages(), timewait.Window)
 }
 
@@ -125,6 +132,17 @@ func runTimeWait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		out:     bufio.NewWriterSize(stdout, 64<<10),
 		clear:   cfg.Output == output.Text && isTerminal(stdout),
 		last:    time.Now(),
+	}
+	// What is in TIME_WAIT already: counted from the start, owner unknown
+	// (so not where the table is for some processes only). After the hook
+	// is attached, so that no close falls between the two.
+	if len(cfg.PIDs) == 0 && cfg.Comm == "" {
+		earlier, spaces := earlierTimeWaits(cfg.Ports, ranges, stderr)
+		tw.tracker.Seed(earlier, tracer.Mono())
+		if cfg.Verbose {
+			fmt.Fprintf(stderr, "tcptrace: %d timewait sockets from before the start, in %d network namespaces (their /proc/net/tcp and tcp6)\n",
+				len(earlier), spaces)
+		}
 	}
 	fmt.Fprintf(stderr, "tcptrace: counting closes into TIME_WAIT and connects via %s, refreshing every %v; Ctrl-C to stop\n",
 		tr.ActiveHook("state changes"), cfg.Interval)
@@ -191,6 +209,59 @@ func (c *timeWaitTable) show() error {
 	return c.out.Flush()
 }
 
+// earlierTimeWaits lists the timewait sockets of every network namespace
+// (those with one of ports at either end, if any), and how many namespaces
+// it read; it learns each one's ephemeral port range while there.
+func earlierTimeWaits(ports []uint16, ranges *portRanges, stderr io.Writer) ([]timewait.Earlier, int) {
+	var out []timewait.Earlier
+	read, failed := 0, 0
+	var firstErr error
+	for ino, path := range netns.All() {
+		var found []timewait.Earlier
+		var portRange string
+		err := netns.In(path, ino, func() error {
+			for _, table := range []string{"/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"} {
+				f, err := os.Open(table)
+				if errors.Is(err, os.ErrNotExist) && strings.HasSuffix(table, "6") {
+					continue // no IPv6 in this kernel
+				}
+				if err != nil {
+					return err
+				}
+				err = procnet.TimeWaits(f, func(s procnet.TimeWait) {
+					if len(ports) == 0 || slices.Contains(ports, s.LPort) || slices.Contains(ports, s.RPort) {
+						found = append(found, timewait.Earlier{NetNS: ino, LAddr: s.LAddr, RAddr: s.RAddr,
+							LPort: s.LPort, RPort: s.RPort, Left: s.Left})
+					}
+				})
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("%s: %w", table, err)
+				}
+			}
+			b, err := os.ReadFile("/proc/sys/" + portRangeSysctl)
+			portRange = string(b)
+			return err
+		})
+		if errors.Is(err, os.ErrNotExist) {
+			continue // gone meanwhile (its only process exited)
+		}
+		if err != nil {
+			// One tcptrace may not enter (setns needs CAP_SYS_ADMIN).
+			failed++
+			firstErr = cmp.Or(firstErr, fmt.Errorf("network namespace %d: %w", ino, err))
+			continue
+		}
+		read++
+		ranges.learn(ino, portRange)
+		out = append(out, found...)
+	}
+	if failed > 0 {
+		fmt.Fprintf(stderr, "tcptrace: timewait: the timewait sockets from before the start of %d network namespaces are left out (%v)\n", failed, firstErr)
+	}
+	return out, read
+}
+
 // portRanges knows each network namespace's ephemeral port range, read once
 // (through a process of that namespace; tcptrace's own directly).
 type portRanges struct {
@@ -251,7 +322,7 @@ func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 	}
 	var pr portRange
 	if err == nil {
-		_, err = fmt.Sscan(strings.TrimSpace(text), &pr.lo, &pr.hi)
+		pr, err = parsePortRange(text)
 	}
 	if err != nil {
 		if len(r.tried) > 4096 {
@@ -266,4 +337,17 @@ func (r *portRanges) lookup(ns, pid uint32) (uint16, uint16, bool) {
 	}
 	r.known[ns] = pr
 	return pr.lo, pr.hi, true
+}
+
+// learn keeps ns's range, read as text from its sysctl, if it parses.
+func (r *portRanges) learn(ns uint32, text string) {
+	if pr, err := parsePortRange(text); err == nil {
+		r.known[ns] = pr
+	}
+}
+
+func parsePortRange(text string) (portRange, error) {
+	var pr portRange
+	_, err := fmt.Sscan(strings.TrimSpace(text), &pr.lo, &pr.hi)
+	return pr, err
 }

@@ -246,14 +246,16 @@ func testTimeWait(t *testing.T, kind string) {
 
 // twProcess is a row of `tcptrace timewait -o json`.
 type twProcess struct {
-	Time     string  `json:"time"`
-	Window   float64 `json:"window_seconds"`
-	PID      int     `json:"pid"`
-	Comm     string  `json:"comm"`
-	TimeWait int     `json:"time_wait"`
-	Connects int     `json:"connects"`
-	NoPort   int     `json:"no_port"`
-	Peers    []struct {
+	Time        string  `json:"time"`
+	Window      float64 `json:"window_seconds"`
+	NetNS       uint32  `json:"netns"`
+	PID         int     `json:"pid"`
+	BeforeStart bool    `json:"before_start"`
+	Comm        string  `json:"comm"`
+	TimeWait    int     `json:"time_wait"`
+	Connects    int     `json:"connects"`
+	NoPort      int     `json:"no_port"`
+	Peers       []struct {
 		RAddr     string   `json:"raddr"`
 		RPort     *int     `json:"rport"`
 		LPort     *int     `json:"lport"`
@@ -393,6 +395,91 @@ func TestTimeWaitTable(t *testing.T) {
 	}
 	if exh.TimeWait != 0 || len(exh.Peers) != 1 || exh.Peers[0].RPort == nil || *exh.Peers[0].RPort != exPort {
 		t.Errorf("the exhausting workload: %+v", *exh)
+	}
+}
+
+// TestTimeWaitBeforeStart: what is in TIME_WAIT when `tcptrace timewait`
+// starts is in its table from the first refresh: a row of its own (owner
+// unknown) per namespace, each peer with the timewait sockets the
+// namespace's /proc/net/tcp lists and the part of the ephemeral range they
+// hold; closes after the start count for their process, and not again there.
+func TestTimeWaitBeforeStart(t *testing.T) {
+	needRoot(t)
+	const n, twPort, ports = 4, 7326, 10000
+	ns := newNetNS(t)
+	for name, value := range map[string]string{"net/ipv4/ip_local_port_range": "40000 49999", "net/ipv4/tcp_tw_reuse": "0"} {
+		if err := ns.sysctl(name, value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", twPort)
+	workload := func(addr string, n int) *proc {
+		w := startRole(t, ns, "timewait", "-addr", addr, "-n", strconv.Itoa(n))
+		for range n {
+			w.expect("client-first")
+			w.expect("server-first")
+			w.expect("reset")
+		}
+		w.expect("done")
+		return w
+	}
+	w := workload(addr, n)
+	defer w.exit()
+	var toPeer, accepted int
+	for s := range timeWaitSockets(t, w.pid()) {
+		var l, r int
+		fmt.Sscanf(s, "%d %d", &l, &r)
+		switch {
+		case r == twPort && l >= 40000 && l < 40000+ports:
+			toPeer++
+		case l == twPort:
+			accepted++
+		}
+	}
+	if toPeer != n || accepted != n {
+		t.Fatalf("the kernel lists %d timewait sockets to the peer and %d of accepted connections, want %d and %d", toPeer, accepted, n, n)
+	}
+
+	rows := startRows[twProcess](t, "counting closes into TIME_WAIT",
+		"timewait", "-o", "json", "--interval", "300ms", "--port", fmt.Sprintf("%d,%d", twPort, twPort+1))
+	// After the start, another process: one more of each kind.
+	later := workload(fmt.Sprintf("127.0.0.1:%d", twPort+1), 1)
+	defer later.exit()
+
+	var before, after *twProcess
+	deadline := time.After(waitLong)
+	for before == nil || after == nil {
+		select {
+		case p, ok := <-rows:
+			if !ok {
+				t.Fatal("timewait exited")
+			}
+			switch {
+			case p.BeforeStart && p.NetNS == ns.ino:
+				before = &p
+			case p.PID == later.pid() && p.TimeWait == 2 && p.Connects == 3:
+				after = &p
+			}
+		case <-deadline:
+			t.Fatalf("no refresh with the row of namespace %d from before the start and 2 timewait sockets, 3 connects for %d (last: %+v, %+v)",
+				ns.ino, later.pid(), before, after)
+		}
+	}
+	if before.PID != 0 || before.TimeWait != toPeer+accepted || before.Connects != 0 || len(before.Peers) != 2 {
+		t.Fatalf("the row from before the start: %+v, want %d timewait sockets, 2 peers, no process", *before, toPeer+accepted)
+	}
+	peer, acc := before.Peers[0], before.Peers[1]
+	if peer.RPort == nil { // as many as to the peer: the accepted ones first
+		peer, acc = acc, peer
+	}
+	if peer.RAddr != "127.0.0.1" || peer.RPort == nil || *peer.RPort != twPort || peer.LPort != nil ||
+		peer.TimeWait != toPeer || peer.Ephemeral != toPeer ||
+		peer.Ports == nil || *peer.Ports != ports || peer.Share == nil || *peer.Share != float64(toPeer)/ports {
+		t.Errorf("its peer 127.0.0.1:%d: %+v, want %d timewait sockets holding %d of %d ports", twPort, peer, toPeer, toPeer, ports)
+	}
+	if acc.RAddr != "127.0.0.1" || acc.RPort != nil || acc.LPort == nil || *acc.LPort != twPort ||
+		acc.TimeWait != accepted || acc.Share != nil {
+		t.Errorf("its accepted connections on port %d: %+v, want %d timewait sockets, no share", twPort, acc, accepted)
 	}
 }
 

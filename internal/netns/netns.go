@@ -55,29 +55,76 @@ func SysctlOf(pid int, ino uint32, name string) (string, error) {
 // SysctlAt is SysctlOf through the namespace file at path (a process's or a
 // thread's /proc/.../ns/net, or a bind mount such as /run/netns/NAME).
 func SysctlAt(path string, ino uint32, name string) (string, error) {
+	var value string
+	err := In(path, ino, func() error {
+		b, err := os.ReadFile("/proc/sys/" + name)
+		value = strings.TrimSpace(string(b))
+		return err
+	})
+	return value, err
+}
+
+// In runs fn on a thread of its own in the network namespace with inode ino,
+// entered through the namespace file at path; the thread ends with fn (so no
+// goroutine runs in that namespace after it). There /proc/thread-self/net
+// is the namespace's (/proc/self/net is the main thread's).
+func In(path string, ino uint32, fn func() error) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("open network namespace: %w", err)
+		return fmt.Errorf("open network namespace: %w", err)
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return "", fmt.Errorf("stat %s: %w", path, err)
+		return fmt.Errorf("stat %s: %w", path, err)
 	}
 	if uint32(st.Ino) != ino {
-		return "", fmt.Errorf("%s is no longer network namespace %d", path, ino)
+		return fmt.Errorf("%s is no longer network namespace %d: %w", path, ino, os.ErrNotExist)
 	}
-	var value string
 	osthread.Alone(func() {
 		if err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
 			err = fmt.Errorf("enter network namespace %d: %w", ino, err)
 			return
 		}
-		var b []byte
-		b, err = os.ReadFile("/proc/sys/" + name)
-		value = strings.TrimSpace(string(b))
+		err = fn()
 	})
-	return value, err
+	return err
+}
+
+// All finds a way into every network namespace: its inode, and a bind mount
+// of it under /run/netns, else a process of it, else a thread of it (as
+// Find); each namespace once. It stats every process and thread: not for a
+// hot path.
+func All() map[uint32]string {
+	ways := map[uint32]string{}
+	add := func(path string) {
+		var st unix.Stat_t
+		if unix.Stat(path, &st) == nil {
+			if _, ok := ways[uint32(st.Ino)]; !ok {
+				ways[uint32(st.Ino)] = path
+			}
+		}
+	}
+	if ents, err := os.ReadDir("/run/netns"); err == nil {
+		for _, e := range ents {
+			add("/run/netns/" + e.Name())
+		}
+	}
+	ents, _ := os.ReadDir("/proc")
+	var pids []string
+	for _, e := range ents {
+		if _, err := strconv.Atoi(e.Name()); err == nil {
+			add("/proc/" + e.Name() + "/ns/net")
+			pids = append(pids, e.Name())
+		}
+	}
+	for _, pid := range pids {
+		tasks, _ := os.ReadDir("/proc/" + pid + "/task")
+		for _, task := range tasks {
+			add("/proc/" + pid + "/task/" + task.Name() + "/ns/net")
+		}
+	}
+	return ways
 }
 
 // Find finds a way into the network namespace with inode ino, for SysctlAt:

@@ -18,12 +18,22 @@ const topN = 3
 // WriteText writes one ranked table; watched is Tracker.Watched.
 func WriteText(w io.Writer, at time.Time, watched float64, procs []Process) error {
 	var total Counts
+	var earlier uint64
+	n := 0
 	for i := range procs {
+		if procs[i].BeforeStart {
+			earlier += procs[i].TimeWait
+			continue
+		}
 		total.add(&procs[i].Counts)
+		n++
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s  TIME_WAIT: %d closes into it over the last %s by %d processes; %d connects, %d without a free port\n",
-		at.Format("15:04:05"), total.TimeWait, span(watched), len(procs), total.Connects, total.NoPort)
+	fmt.Fprintf(&b, "%s  TIME_WAIT: %d closes into it over the last %s by %d processes", at.Format("15:04:05"), total.TimeWait, span(watched), n)
+	if earlier > 0 {
+		fmt.Fprintf(&b, ", %d timewait sockets from before tcptrace started", earlier)
+	}
+	fmt.Fprintf(&b, "; %d connects, %d without a free port\n", total.Connects, total.NoPort)
 	if len(procs) > 0 {
 		fmt.Fprintf(&b, "%-8s %-16s %9s %9s %8s  %s\n", "PID", "COMM", "TIME_WAIT", "CONNECTS", "NO PORT", "TOP PEERS (TIME_WAIT, share of ephemeral ports)")
 	}
@@ -37,8 +47,11 @@ func WriteText(w io.Writer, at time.Time, watched float64, procs []Process) erro
 			}
 			peers = append(peers, s)
 		}
-		comm := string(output.AppendPrintable(nil, commOf(&p.Comm)))
-		fmt.Fprintf(&b, "%-8d %-16s %9d %9d %8d  %s\n", p.PID, comm, p.TimeWait, p.Connects, p.NoPort, strings.Join(peers, "  "))
+		pid, comm := strconv.FormatUint(uint64(p.PID), 10), string(output.AppendPrintable(nil, commOf(&p.Comm)))
+		if p.BeforeStart {
+			pid, comm = "-", "(before start)"
+		}
+		fmt.Fprintf(&b, "%-8s %-16s %9d %9d %8d  %s\n", pid, comm, p.TimeWait, p.Connects, p.NoPort, strings.Join(peers, "  "))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -66,6 +79,8 @@ func AppendJSON(b []byte, at time.Time, watched float64, p *Process) []byte {
 	b = strconv.AppendUint(b, uint64(p.PID), 10)
 	b = append(b, `,"comm":`...)
 	b = output.AppendJSONString(b, commOf(&p.Comm))
+	b = append(b, `,"before_start":`...)
+	b = strconv.AppendBool(b, p.BeforeStart)
 	b = appendCounts(b, &p.Counts)
 	b = append(b, `,"peers":[`...)
 	for i := range p.Peers {

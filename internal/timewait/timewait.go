@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/tcptrace/tcptrace/internal/event"
 	"github.com/tcptrace/tcptrace/internal/tcpstate"
@@ -48,11 +49,14 @@ func (c *Counts) add(o *Counts) {
 	c.NoPort += o.NoPort
 }
 
-// Process is one row of the ranking: its peers busiest first.
+// Process is one row of the ranking: its peers busiest first. A row with
+// BeforeStart holds a namespace's timewait sockets that were there when the
+// tracker began (Seed): made by processes unknown (PID 0).
 type Process struct {
-	NetNS uint32
-	PID   uint32
-	Comm  [16]byte
+	NetNS       uint32
+	PID         uint32
+	Comm        [16]byte
+	BeforeStart bool
 	Counts
 	Peers []Peer
 }
@@ -62,11 +66,19 @@ type Process struct {
 type PortRange func(netns, pid uint32) (lo, hi uint16, ok bool)
 
 type key struct {
-	netns, pid uint32
-	comm       [16]byte
-	raddr      netip.Addr
-	rport      uint16
-	lport      uint16
+	netns, pid  uint32
+	comm        [16]byte
+	beforeStart bool
+	raddr       netip.Addr
+	rport       uint16
+	lport       uint16
+}
+
+// tuple is a connection's ends in a namespace.
+type tuple struct {
+	netns        uint32
+	laddr, raddr netip.Addr
+	lport, rport uint16
 }
 
 // second is one second's counts of a key.
@@ -102,6 +114,9 @@ type Tracker struct {
 	ports PortRange
 	keys  map[key]*window
 	start uint64 // CLOCK_MONOTONIC ns when it began
+	// seeded: the connections Seed counted, until seededUntil (see Seed).
+	seeded      map[tuple]bool
+	seededUntil uint64
 }
 
 // NewTracker starts counting at now (CLOCK_MONOTONIC ns); ports may be nil.
@@ -132,16 +147,24 @@ func (t *Tracker) Observe(e *event.Event) {
 	default:
 		return
 	}
-	k := key{netns: e.NetNS, pid: e.PID, comm: e.Comm, raddr: e.RAddr, rport: e.RPort}
+	if c.TimeWait == 1 && e.Mono <= t.seededUntil &&
+		t.seeded[tuple{netns: e.NetNS, laddr: e.LAddr, raddr: e.RAddr, lport: e.LPort, rport: e.RPort}] {
+		return // its timewait socket was in the snapshot already
+	}
+	t.count(key{netns: e.NetNS, pid: e.PID, comm: e.Comm, raddr: e.RAddr, rport: e.RPort}, e.LPort, e.Mono, &c)
+}
+
+// count adds c at second mono to k, a connection's from local port lport.
+func (t *Tracker) count(k key, lport uint16, mono uint64, c *Counts) {
 	var lo, hi uint16
 	var known bool
 	if t.ports != nil {
-		lo, hi, known = t.ports(e.NetNS, e.PID)
+		lo, hi, known = t.ports(k.netns, k.pid)
 		known = known && hi >= lo
 	}
-	ephemeral := known && e.LPort >= lo && e.LPort <= hi
+	ephemeral := known && lport >= lo && lport <= hi
 	if c.TimeWait == 1 && known && !ephemeral {
-		k.rport, k.lport = 0, e.LPort // an accepted connection's
+		k.rport, k.lport = 0, lport // an accepted connection's
 	}
 	w := t.keys[k]
 	if w == nil {
@@ -151,16 +174,51 @@ func (t *Tracker) Observe(e *event.Event) {
 	if known { // (learnt late where the first process asked was gone)
 		w.ports = int(hi) - int(lo) + 1
 	}
-	s := w.at(e.Mono / 1e9)
-	s.add(&c)
+	s := w.at(mono / 1e9)
+	s.add(c)
 	if c.TimeWait == 1 && ephemeral {
 		s.ephemeral++
 	}
 }
 
+// Earlier is a timewait socket found in a namespace's socket table.
+type Earlier struct {
+	NetNS        uint32
+	LAddr, RAddr netip.Addr
+	LPort, RPort uint16
+	Left         time.Duration // until the kernel ends it
+}
+
+// Seed counts the timewait sockets that were there when tracking began
+// (taken at now, CLOCK_MONOTONIC ns, once the stream's hook was attached),
+// each as a close at the second that has it end with the window when the
+// kernel ends it. A close the stream reports from before now, of a
+// connection seeded, is its socket's and not counted again.
+func (t *Tracker) Seed(socks []Earlier, now uint64) {
+	if t.seeded == nil {
+		t.seeded = map[tuple]bool{}
+	}
+	t.seededUntil = max(t.seededUntil, now)
+	one := Counts{TimeWait: 1}
+	for _, s := range socks {
+		lived := time.Duration(Window)*time.Second - min(s.Left, time.Duration(Window)*time.Second)
+		at := now - min(now, uint64(lived))
+		t.count(key{netns: s.NetNS, beforeStart: true, raddr: s.RAddr, rport: s.RPort}, s.LPort, at, &one)
+		t.seeded[tuple{netns: s.NetNS, laddr: s.LAddr, raddr: s.RAddr, lport: s.LPort, rport: s.RPort}] = true
+	}
+}
+
+// seedHold is how long after the snapshot a close from before it may still
+// come: records wait in the ring buffers for a drain (20 ms) and the merge
+// (5 ms).
+const seedHold = 2 * time.Second
+
 // Report ranks the processes by their counts over the window that ends at
 // now (CLOCK_MONOTONIC ns), TIME_WAIT first, and forgets what has aged out.
 func (t *Tracker) Report(now uint64) []Process {
+	if t.seeded != nil && now > t.seededUntil+uint64(seedHold) {
+		t.seeded = nil
+	}
 	cur := now / 1e9
 	procs := map[key]*Process{}
 	for k, w := range t.keys {
@@ -180,10 +238,10 @@ func (t *Tracker) Report(now uint64) []Process {
 			delete(t.keys, k)
 			continue
 		}
-		pk := key{netns: k.netns, pid: k.pid, comm: k.comm}
+		pk := key{netns: k.netns, pid: k.pid, comm: k.comm, beforeStart: k.beforeStart}
 		pr := procs[pk]
 		if pr == nil {
-			pr = &Process{NetNS: k.netns, PID: k.pid, Comm: k.comm}
+			pr = &Process{NetNS: k.netns, PID: k.pid, Comm: k.comm, BeforeStart: k.beforeStart}
 			procs[pk] = pr
 		}
 		pr.add(&p.Counts)
@@ -198,9 +256,20 @@ func (t *Tracker) Report(now uint64) []Process {
 		out = append(out, *p)
 	}
 	slices.SortFunc(out, func(a, b Process) int {
-		return cmp.Or(byCounts(&a.Counts, &b.Counts), cmp.Compare(a.PID, b.PID), cmp.Compare(a.NetNS, b.NetNS))
+		return cmp.Or(byCounts(&a.Counts, &b.Counts), cmp.Compare(a.PID, b.PID), cmp.Compare(a.NetNS, b.NetNS),
+			compareBool(a.BeforeStart, b.BeforeStart))
 	})
 	return out
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }
 
 // byCounts orders busiest first: TIME_WAIT, then failed, then made connects.

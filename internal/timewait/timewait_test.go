@@ -170,3 +170,85 @@ func TestRender(t *testing.T) {
 		t.Fatalf("accepted connections' peer: %s", line)
 	}
 }
+
+// Seeded timewait sockets: a row per namespace, no process; each ends when
+// the kernel ends it; a close from before the snapshot of a seeded
+// connection is its socket's, not counted twice.
+func TestTrackerSeed(t *testing.T) {
+	start := 100 * sec
+	tr := NewTracker(start, ports)
+	local, db, client := netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.9"), netip.MustParseAddr("10.0.0.7")
+	tr.Seed([]Earlier{
+		{NetNS: 7, LAddr: local, RAddr: db, LPort: 40001, RPort: 3306, Left: 30 * time.Second},
+		{NetNS: 7, LAddr: local, RAddr: db, LPort: 40002, RPort: 3306, Left: 5 * time.Second},
+		{NetNS: 7, LAddr: local, RAddr: client, LPort: 80, RPort: 51000, Left: 59 * time.Second},
+		{NetNS: 8, LAddr: local, RAddr: db, LPort: 40001, RPort: 3306, Left: 90 * time.Second}, // past the window: ends with it
+	}, start)
+	closeOf := func(mono uint64, lport uint16) *event.Event {
+		e := timeWait(mono, 10, "php-fpm", "10.0.0.9", 3306, lport)
+		e.LAddr = local
+		return e
+	}
+	tr.Observe(closeOf(start-sec/2, 40001)) // seeded: not again
+	tr.Observe(closeOf(start-sec/2, 40003)) // made after its namespace was read
+	tr.Observe(closeOf(start+sec/2, 40002)) // a new connection on a seeded one's ends
+	tr.Observe(closeOf(start+2*sec, 40001))
+
+	got := tr.Report(start + sec)
+	if len(got) != 3 {
+		t.Fatalf("%d rows, want 3: %+v", len(got), got)
+	}
+	before, proc, other := got[0], got[1], got[2]
+	if !before.BeforeStart || before.PID != 0 || before.NetNS != 7 || before.TimeWait != 3 || len(before.Peers) != 2 {
+		t.Fatalf("namespace 7 from before: %+v", before)
+	}
+	if p := before.Peers[0]; p.RAddr != db || p.RPort != 3306 || p.TimeWait != 2 || p.Ephemeral != 2 {
+		t.Fatalf("its peer %+v", p)
+	}
+	if p := before.Peers[1]; p.RAddr != client || p.LPort != 80 || p.TimeWait != 1 {
+		t.Fatalf("its accepted connections %+v", p)
+	}
+	if proc.BeforeStart || proc.PID != 10 || proc.TimeWait != 2 {
+		t.Fatalf("the process: %+v (the seeded close counted again?)", proc)
+	}
+	if !other.BeforeStart || other.NetNS != 8 || other.TimeWait != 1 || other.Peers[0].Ports != 0 {
+		t.Fatalf("namespace 8 from before: %+v", other)
+	}
+	// The 5 s one has ended; the 30 s one ends at 130 s; the 59 s one at 159 s.
+	for _, c := range []struct {
+		at   uint64
+		want uint64
+	}{{start + 5*sec, 2}, {start + 29*sec, 2}, {start + 30*sec, 1}, {start + 59*sec, 0}} {
+		n := uint64(0)
+		for _, p := range tr.Report(c.at) {
+			if p.BeforeStart && p.NetNS == 7 {
+				n = p.TimeWait
+			}
+		}
+		if n != c.want {
+			t.Errorf("at %ds: %d from before in namespace 7, want %d", c.at/sec, n, c.want)
+		}
+	}
+	// Past the hold, a close from before the snapshot is no longer matched
+	// (none can come so late): the set is gone.
+	if tr.seeded != nil {
+		t.Error("seeded connections kept past the hold")
+	}
+
+	procs := []Process{before, proc}
+	var b strings.Builder
+	if err := WriteText(&b, time.Unix(0, 0), 1, procs); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"by 1 processes, 3 timewait sockets from before tcptrace started;",
+		"\n-        (before start)           3         0        0  10.0.0.9:3306 2 (20%)  10.0.0.7->:80 1\n"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("text lacks %q:\n%s", want, b.String())
+		}
+	}
+	for i, want := range []string{`"pid":0,"comm":"","before_start":true,"time_wait":3`, `"comm":"php-fpm","before_start":false,`} {
+		if line := AppendJSON(nil, time.Unix(0, 0), 1, &procs[i]); !strings.Contains(string(line), want) {
+			t.Errorf("JSON lacks %s: %s", want, line)
+		}
+	}
+}
