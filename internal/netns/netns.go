@@ -67,8 +67,14 @@ func SysctlAt(path string, ino uint32, name string) (string, error) {
 // In runs fn on a thread of its own in the network namespace with inode ino,
 // entered through the namespace file at path; the thread ends with fn (so no
 // goroutine runs in that namespace after it). There /proc/thread-self/net
-// is the namespace's (/proc/self/net is the main thread's).
+// is the namespace's (/proc/self/net is the main thread's). In tcptrace's
+// own namespace fn runs as it is: entering needs CAP_SYS_ADMIN, which
+// tcptrace with CAP_BPF and CAP_PERFMON alone lacks.
 func In(path string, ino uint32, fn func() error) error {
+	var self unix.Stat_t
+	if unix.Stat("/proc/thread-self/ns/net", &self) == nil && uint32(self.Ino) == ino {
+		return fn()
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("open network namespace: %w", err)
