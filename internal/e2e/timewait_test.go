@@ -130,6 +130,32 @@ func timeWaitSockets(t *testing.T, pid int) map[string]bool {
 	return out
 }
 
+// timeWaitCounts counts the timewait sockets of process pid's namespace: to
+// the peer at twPort from ephemeral ports (40000 on, ports of them), of
+// connections accepted on twPort, and to oldPort; it waits up to 5 s for
+// the counts wanted (the last close of a workload may still be under way).
+func timeWaitCounts(t *testing.T, pid, twPort, oldPort, ports, wantPeer, wantAccepted, wantOld int) (toPeer, accepted, toOld int) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		toPeer, accepted, toOld = 0, 0, 0
+		for s := range timeWaitSockets(t, pid) {
+			var l, r int
+			fmt.Sscanf(s, "%d %d", &l, &r)
+			switch {
+			case r == twPort && l >= 40000 && l < 40000+ports:
+				toPeer++
+			case l == twPort:
+				accepted++
+			case oldPort != 0 && r == oldPort:
+				toOld++
+			}
+		}
+		if toPeer == wantPeer && accepted == wantAccepted && toOld == wantOld || time.Now().After(deadline) {
+			return toPeer, accepted, toOld
+		}
+	}
+}
+
 // TestTimeWait: no socket ever changes into TIME_WAIT (a timewait socket
 // takes its place as it closes), yet --state TIME_WAIT must deliver exactly
 // the closes that left one, and time_wait must mark exactly those among all
@@ -330,25 +356,7 @@ func TestTimeWaitTable(t *testing.T) {
 
 	// The namespace's timewait sockets: to the peer (from ports of the
 	// range) and of accepted connections (on the listening port).
-	var toPeer, accepted, toOld int
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		toPeer, accepted, toOld = 0, 0, 0
-		for s := range timeWaitSockets(t, w.pid()) {
-			var l, r int
-			fmt.Sscanf(s, "%d %d", &l, &r)
-			switch {
-			case r == twPort && l >= 40000 && l < 40000+ports:
-				toPeer++
-			case l == twPort:
-				accepted++
-			case r == oldPort:
-				toOld++
-			}
-		}
-		if toPeer == n && accepted == n && toOld == 1 || time.Now().After(deadline) {
-			break
-		}
-	}
+	toPeer, accepted, toOld := timeWaitCounts(t, w.pid(), twPort, oldPort, ports, n, n, 1)
 	if toPeer != n || accepted != n || toOld != 1 {
 		all, _ := os.ReadFile(fmt.Sprintf("/proc/%d/net/tcp", w.pid()))
 		t.Fatalf("the kernel lists %d timewait sockets to the peer, %d of accepted connections, %d of the older connection; want %d, %d, 1; the namespace's sockets:\n%s",
@@ -425,17 +433,7 @@ func TestTimeWaitBeforeStart(t *testing.T) {
 	}
 	w := workload(addr, n)
 	defer w.exit()
-	var toPeer, accepted int
-	for s := range timeWaitSockets(t, w.pid()) {
-		var l, r int
-		fmt.Sscanf(s, "%d %d", &l, &r)
-		switch {
-		case r == twPort && l >= 40000 && l < 40000+ports:
-			toPeer++
-		case l == twPort:
-			accepted++
-		}
-	}
+	toPeer, accepted, _ := timeWaitCounts(t, w.pid(), twPort, 0, ports, n, n, 0)
 	if toPeer != n || accepted != n {
 		t.Fatalf("the kernel lists %d timewait sockets to the peer and %d of accepted connections, want %d and %d", toPeer, accepted, n, n)
 	}
