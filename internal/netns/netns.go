@@ -136,40 +136,7 @@ func All() map[uint32]string {
 // Find finds a way into the network namespace with inode ino, for SysctlAt:
 // a bind mount of it under /run/netns (ip netns), a process of it, or a
 // thread of it (a namespace can be held by one thread alone); "" if none.
-// It stats every process, and then every thread: not for a hot path.
+// It stats every process and thread (All): not for a hot path.
 func Find(ino uint32) string {
-	is := func(path string) bool {
-		var st unix.Stat_t
-		return unix.Stat(path, &st) == nil && uint32(st.Ino) == ino
-	}
-	if ents, err := os.ReadDir("/run/netns"); err == nil {
-		for _, e := range ents {
-			if p := "/run/netns/" + e.Name(); is(p) {
-				return p
-			}
-		}
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return ""
-	}
-	var pids []string
-	for _, e := range ents {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		if p := "/proc/" + e.Name() + "/ns/net"; is(p) {
-			return p
-		}
-		pids = append(pids, e.Name())
-	}
-	for _, pid := range pids {
-		tasks, _ := os.ReadDir("/proc/" + pid + "/task")
-		for _, task := range tasks {
-			if p := "/proc/" + pid + "/task/" + task.Name() + "/ns/net"; is(p) {
-				return p
-			}
-		}
-	}
-	return ""
+	return All()[ino]
 }
