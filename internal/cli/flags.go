@@ -96,7 +96,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.StringSliceVar(&raw.events, "events", []string{"states", "drops"}, "record kinds: states, drops (with SYN floods), retransmits (each segment the kernel retransmits), resets (each reset this host sends)")
 	fs.IntVar(&c.DropRate, "drop-rate", 50, "per-packet drop records per listener per second before they fold into a summary")
 	fs.DurationVar(&c.CloseWaitAlert, "close-wait-alert", 0, "report each socket stuck in CLOSE_WAIT this long (a close_wait_stuck record)")
-	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts; shared out over one ring per CPU, each at least 1M (or this size if smaller)")
+	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts; shared out over one ring per online CPU, each at least 1M (or this size if smaller), plus one for the CPUs offline at the start")
 	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached and why others are not")
 	fs.BoolVar(&c.Version, "version", false, "print the version and exit")
 	fs.BoolVarP(&c.Help, "help", "h", false, "show this help")

@@ -181,6 +181,10 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			st.Nested, st.Caught)
 		fmt.Fprintf(stderr, "tcptrace: closed socket sweep: %d walks, %d left out (no socket closed since the walk before)\n",
 			st.Sweeps, st.SweepsSkipped)
+		if n := tr.OfflineCPUs(); n > 0 {
+			fmt.Fprintf(stderr, "tcptrace: spare ring of %s: %d records (from CPUs brought online since)\n",
+				tracer.OfflineText(n), st.Spare)
+		}
 		fmt.Fprintf(stderr, "tcptrace: owner cache: %d sockets after %d scans (%d failed)\n",
 			owners.Tracked(), owners.Scans, owners.ScanErrs)
 		fmt.Fprintf(stderr, "tcptrace: event age at write: p50 <= %v, p99 <= %v, max <= %v (%d events)\n",

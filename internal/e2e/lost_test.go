@@ -2,12 +2,15 @@ package e2e
 
 import (
 	"fmt"
+	"os"
 	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tcptrace/tcptrace/internal/tracer"
 )
@@ -157,6 +160,107 @@ func TestNoChangeMissed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSpareRing: a CPU offline when tcptrace starts (a VM's hot-plug slot, an
+// SMT sibling turned off) gets no ring of its own; the offline CPUs share a
+// spare one. Brought online while tracing, that CPU's changes come through
+// the spare ring: every one, none lost, each socket's in order.
+func TestSpareRing(t *testing.T) {
+	needRoot(t)
+	cpu, err := lastOnlineCPU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl := fmt.Sprintf("/sys/devices/system/cpu/cpu%d/online", cpu)
+	if _, err := os.Stat(ctl); cpu == 0 || err != nil {
+		unavailable(t, "needs a second CPU that can be taken offline ("+ctl+")")
+		return
+	}
+	setOnline := func(on string) {
+		t.Helper()
+		if err := os.WriteFile(ctl, []byte(on), 0); err != nil {
+			t.Fatalf("write %s to %s: %v", on, ctl, err)
+		}
+	}
+	setOnline("0")
+	t.Cleanup(func() { os.WriteFile(ctl, []byte("1"), 0) })
+
+	ns := newNetNS(t)
+	conns := 2000
+	truth := 10*conns + 2
+	tr := startTracer(t, "--port", "7032", "--events", "states", "-v")
+	if !regexp.MustCompile(`one of them shared by the (CPU|\d+ CPUs) offline at the start`).MatchString(tr.stderrText()) {
+		t.Fatalf("-v names no spare ring for CPU %d:\n%s", cpu, tr.stderrText())
+	}
+	setOnline("1")
+	// The storm runs on that CPU alone: a process started from the
+	// namespace's thread inherits its CPU affinity.
+	pin := func(cpus ...int) error {
+		var set unix.CPUSet
+		for _, c := range cpus {
+			set.Set(c)
+		}
+		return unix.SchedSetaffinity(0, &set)
+	}
+	if err := ns.do(func() error { return pin(cpu) }); err != nil {
+		t.Fatalf("pin to CPU %d: %v", cpu, err)
+	}
+	storm := startRole(t, ns, "storm", "-addr", "127.0.0.1:7032", "-n", strconv.Itoa(conns), "-clients", "2")
+	all := make([]int, cpu+1)
+	for i := range all {
+		all[i] = i
+	}
+	if err := ns.do(func() error { return pin(all...) }); err != nil {
+		t.Fatal(err)
+	}
+	storm.expect("done")
+	storm.wait()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if len(tr.states(ns)) >= truth {
+			break
+		}
+	}
+	tr.stopClean()
+	recs := tr.states(ns)
+	var lost uint64
+	tr.mu.Lock()
+	for _, r := range tr.recs {
+		if r.Type == "lost" {
+			lost += r.Count
+		}
+	}
+	tr.mu.Unlock()
+	m := regexp.MustCompile(`spare ring of the (?:CPU|\d+ CPUs) offline at the start: (\d+) records`).FindStringSubmatch(tr.stderrText())
+	if m == nil {
+		t.Fatalf("-v's last lines count no records through the spare ring:\n%s", tr.stderrText())
+	}
+	spare, _ := strconv.Atoi(m[1])
+	t.Logf("CPU %d: %d of %d changes delivered, %d through the spare ring, %d lost", cpu, len(recs), truth, spare, lost)
+	if spare < truth/2 {
+		t.Errorf("%d records through the spare ring; the storm on CPU %d made %d changes", spare, cpu, truth)
+	}
+	if lost != 0 || len(recs) > truth {
+		t.Errorf("delivered %d of %d changes, %d lost", len(recs), truth, lost)
+	}
+	// The known defect of TestNoChangeMissed, bounded as there.
+	if short := truth - len(recs); short > max(8, truth/5000) {
+		t.Errorf("%d changes not delivered; sockets short of 5 changes:\n%s", short, dump(shortSockets(recs)))
+	}
+	if bad := outOfOrder(recs); len(bad) > 0 {
+		t.Errorf("%d changes came out of order, first ones:\n%s", len(bad)/2, dump(bad[:min(len(bad), 16)]))
+	}
+}
+
+// lastOnlineCPU is the highest-numbered online CPU.
+func lastOnlineCPU() (int, error) {
+	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	if err != nil {
+		return 0, err
+	}
+	list := strings.TrimSpace(string(b))
+	last := list[max(strings.LastIndexAny(list, ",-")+1, 0):]
+	return strconv.Atoi(last)
 }
 
 // TestStartDuringChurn starts tcptrace while connections churn, as on the

@@ -60,12 +60,14 @@ type merger struct {
 	have   []bool           // head holds one
 	stamp  []uint64         // its time stamp
 	active []int            // rings that may have a record in this drain
+	// delivered counts each ring's records handed to deliver.
+	delivered []uint64
 }
 
 func newMerger(src []source) *merger {
 	n := len(src)
 	return &merger{src: src, head: make([]ringbuf.Record, n), have: make([]bool, n),
-		stamp: make([]uint64, n), active: make([]int, 0, n)}
+		stamp: make([]uint64, n), active: make([]int, 0, n), delivered: make([]uint64, n)}
 }
 
 // recordStamp is a record's time stamp: every record begins with ts_ns. A
@@ -122,6 +124,7 @@ func (m *merger) drain(cutoff uint64, deliver func([]byte) error) error {
 			return nil // the rest is stamped after cutoff
 		}
 		m.have[best] = false
+		m.delivered[best]++
 		if err := deliver(m.head[best].RawSample); err != nil {
 			return err
 		}

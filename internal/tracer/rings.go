@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"strconv"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -50,8 +52,12 @@ func (t *Tracer) setupRings(spec *ebpf.CollectionSpec, opts *Options, cfg *tcptr
 		cfg.CpuRings = 1
 		spec.Maps["events"].MaxEntries = uint32(os.Getpagesize())
 		size := t.rings[0].MaxEntries()
+		name := fmt.Sprintf("%s (%d of %s)", CPURings, len(t.rings), sizeText(size))
+		if t.spare != nil {
+			name = fmt.Sprintf("%s (%d of %s, one of them shared by %s)", CPURings, len(t.rings), sizeText(size), OfflineText(t.offline))
+		}
 		t.hooks = append(t.hooks,
-			Hook{Feature: ringFeature, Name: fmt.Sprintf("%s (%d of %s)", CPURings, len(t.rings), sizeText(size)), Active: true},
+			Hook{Feature: ringFeature, Name: name, Active: true},
 			Hook{Feature: ringFeature, Name: sharedRing})
 		return size / 16
 	}
@@ -65,31 +71,53 @@ func (t *Tracer) setupRings(spec *ebpf.CollectionSpec, opts *Options, cfg *tcptr
 }
 
 // makeCPURings makes the per-CPU rings and sets outer (cpu_events) to hold
-// them.
+// them. CPUs that are possible but offline at the start (hot-plug slots of a
+// VM, SMT siblings turned off) share one spare ring: a ring per possible CPU
+// would be 128M on a 4-vCPU VM with 128 possible CPUs; the spare still takes a
+// CPU brought online while tracing.
 func (t *Tracer) makeCPURings(outer *ebpf.MapSpec, total uint32) error {
 	cpus, err := ebpf.PossibleCPU()
 	if err != nil {
 		return err
 	}
-	size := ringPerCPU(total, cpus)
+	online, err := onlineCPUs(cpus)
+	if err != nil {
+		return err
+	}
+	slots, n := ringSlots(online)
+	if n == 0 {
+		return fmt.Errorf("%s: no CPU online", onlinePath)
+	}
+	rings := n
+	if n < cpus {
+		rings++ // the spare
+	}
+	size := ringPerCPU(total, n)
 	inner := outer.InnerMap.Copy()
 	inner.MaxEntries = size
 	outer.InnerMap.MaxEntries = size
 	outer.MaxEntries = uint32(cpus)
 	outer.Contents = nil
-	for i := range cpus {
+	for i := range rings {
 		m, err := ebpf.NewMap(inner)
 		if err != nil {
 			t.closeRings()
-			return fmt.Errorf("ring buffer %d of %d: %w", i+1, cpus, err)
+			return fmt.Errorf("ring buffer %d of %d: %w", i+1, rings, err)
 		}
 		t.rings = append(t.rings, m)
-		outer.Contents = append(outer.Contents, ebpf.MapKV{Key: uint32(i), Value: m})
+	}
+	if rings > n {
+		t.spare = t.rings[n]
+		t.offline = cpus - n
+	}
+	for cpu, r := range slots {
+		outer.Contents = append(outer.Contents, ebpf.MapKV{Key: uint32(cpu), Value: t.rings[r]})
 	}
 	// Whether the kernel takes ring buffers inside a map shows here.
 	probe, err := ebpf.NewMap(outer)
 	if err != nil {
 		t.closeRings()
+		t.offline = 0
 		outer.Contents = nil
 		return fmt.Errorf("ring buffers in a map: %w", err)
 	}
@@ -97,11 +125,86 @@ func (t *Tracer) makeCPURings(outer *ebpf.MapSpec, total uint32) error {
 	return nil
 }
 
+// ringSlots says which ring each possible CPU writes to (slots[cpu]), given
+// which are online: the n online CPUs have rings 0..n-1, in order, and the
+// offline ones, if any, share ring n.
+func ringSlots(online []bool) (slots []int, n int) {
+	slots = make([]int, len(online))
+	for cpu, on := range online {
+		if on {
+			slots[cpu] = n
+			n++
+		}
+	}
+	for cpu, on := range online {
+		if !on {
+			slots[cpu] = n
+		}
+	}
+	return slots, n
+}
+
+// onlineCPUs reads which of the cpus possible CPUs are online; where the
+// kernel does not say, all are.
+func onlineCPUs(cpus int) ([]bool, error) {
+	online := make([]bool, cpus)
+	b, err := os.ReadFile(onlinePath)
+	if errors.Is(err, os.ErrNotExist) {
+		for i := range online {
+			online[i] = true
+		}
+		return online, nil
+	} else if err != nil {
+		return nil, err
+	}
+	if err := parseCPUList(strings.TrimSpace(string(b)), online); err != nil {
+		return nil, fmt.Errorf("%s: %w", onlinePath, err)
+	}
+	return online, nil
+}
+
+const onlinePath = "/sys/devices/system/cpu/online"
+
+// parseCPUList sets set[cpu] for each CPU in list, the kernel's format
+// ("0-3,5,7-8"); CPUs past set's end are left out.
+func parseCPUList(list string, set []bool) error {
+	if list == "" {
+		return nil
+	}
+	for _, part := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		first, err := strconv.Atoi(lo)
+		last := first
+		if err == nil && isRange {
+			last, err = strconv.Atoi(hi)
+		}
+		if err != nil || first < 0 || last < first {
+			return fmt.Errorf("bad CPU list %q", list)
+		}
+		for cpu := first; cpu <= last && cpu < len(set); cpu++ {
+			set[cpu] = true
+		}
+	}
+	return nil
+}
+
+// OfflineText names n CPUs offline at the start, for -v.
+func OfflineText(n int) string {
+	if n == 1 {
+		return "the CPU offline at the start"
+	}
+	return fmt.Sprintf("the %d CPUs offline at the start", n)
+}
+
+// OfflineCPUs is how many possible CPUs were offline at the start and share
+// one spare ring (Stats.Spare counts its records).
+func (t *Tracer) OfflineCPUs() int { return t.offline }
+
 func (t *Tracer) closeRings() {
 	for _, m := range t.rings {
 		m.Close()
 	}
-	t.rings = nil
+	t.rings, t.spare = nil, nil // offline stays, for -v's last lines after Close
 }
 
 func sizeText(n uint32) string {

@@ -37,6 +37,9 @@ type Stats struct {
 	// Sweeps: walks of the closed sockets' entries; SweepsSkipped: those
 	// left out, no socket having closed since the walk before.
 	Sweeps, SweepsSkipped uint64
+	// Spare: records through the ring of the CPUs offline at the start
+	// (brought online since), where there is one.
+	Spare uint64
 }
 
 // Run streams records to sink until ctx ends. Then it detaches every hook,
@@ -49,8 +52,7 @@ func (t *Tracer) Run(ctx context.Context, drainEvery time.Duration, sink Sink) (
 
 // RunPolling is Run that also walks the listeners every pollEvery (0: never)
 // and once more at the end, so drops counted up to the last moment are sent.
-func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Duration, sink Sink) (Stats, error) {
-	var st Stats
+func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Duration, sink Sink) (st Stats, err error) {
 	rings := t.rings
 	if len(rings) == 0 {
 		rings = []*ebpf.Map{t.maps.Maps["events"]}
@@ -70,6 +72,9 @@ func (t *Tracer) RunPolling(ctx context.Context, drainEvery, pollEvery time.Dura
 	}
 	defer w.close()
 	merge := newMerger(srcs)
+	if t.spare != nil {
+		defer func() { st.Spare = merge.delivered[len(srcs)-1] }() // the last ring
+	}
 	// Records are stamped with Mono's clock. One ring is read in its own
 	// order: nothing to wait for.
 	cutoff := Mono

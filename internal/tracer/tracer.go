@@ -614,6 +614,8 @@ type Tracer struct {
 	links   []link.Link
 	hooks   []Hook
 	rings   []*ebpf.Map // the ring buffers records come through: one per CPU, or events
+	spare   *ebpf.Map   // the last of rings, shared by the CPUs offline at the start; nil if none
+	offline int         // those CPUs
 	iter    *link.Iter  // the socket scan, when the kernel has task_file iterators
 	mounted string      // tracefs mount point we created, unmounted on Close
 	reasons *kernelReasons
