@@ -22,7 +22,7 @@ func TestParseDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Output != output.Text || c.Family != 0 || c.StateMask() != 0 || c.RingSize != 8<<20 || c.Duration != 0 {
+	if c.Output != output.Text || c.Family != 0 || c.StateMask() != 0 || c.RingSize != 8<<20 || c.Duration != 0 || c.DropRate != 50 {
 		t.Fatalf("defaults: %+v", c)
 	}
 	// Retransmissions and resets only when asked for: on a lossy link or
@@ -43,11 +43,11 @@ func TestParseDefaults(t *testing.T) {
 
 func TestParseAll(t *testing.T) {
 	c, err := Parse([]string{"-o", "json", "-p", "1,22", "--pid", "333", "-c", "node", "--port", "80,443",
-		"--state", "close_wait,TCP_LISTEN", "-6", "--duration", "5s", "-v", "--ring-size", "32M"})
+		"--state", "close_wait,TCP_LISTEN", "-6", "--duration", "5s", "-v", "--ring-size", "32M", "--drop-rate", "7"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Output != output.JSON || c.Comm != "node" || c.Family != 6 || c.Duration != 5*time.Second || !c.Verbose {
+	if c.Output != output.JSON || c.Comm != "node" || c.DropRate != 7 || c.Family != 6 || c.Duration != 5*time.Second || !c.Verbose {
 		t.Fatalf("got %+v", c)
 	}
 	if len(c.PIDs) != 3 || c.PIDs[0] != 1 || c.PIDs[2] != 333 {
@@ -70,12 +70,28 @@ func TestParseErrorsAreUsageErrors(t *testing.T) {
 		{"-o", "xml"}, {"-4", "-6"}, {"--duration", "0s"}, {"--ring-size", "3000"}, {"--ring-size", "1K"},
 		{"--hook-kind", "uprobe"}, {"listen"}, {"--state", "NEW_SYN_RECV"}, {"--state", "bound_inactive"},
 		{"--errors", "--state", "CLOSE_WAIT,TIME_WAIT"}, {"--events", "retrans"},
+		{"--comm", ""}, {"-c", " "}, {"--drop-rate", "x"}, {"--drop-rate", "0"},
 	} {
 		_, err := Parse(args)
 		var ue *UsageError
 		if !errors.As(err, &ue) {
 			t.Errorf("Parse(%v) = %v, want a usage error", args, err)
 		}
+	}
+}
+
+// closewait takes the same checks of --comm, --pid and --port.
+func TestParseCloseWaitErrors(t *testing.T) {
+	for _, args := range [][]string{{"--comm", ""}, {"--pid", "x"}, {"--port", "0"}, {"--interval", "0s"}, {"extra"}} {
+		_, err := ParseCloseWait(args)
+		var ue *UsageError
+		if !errors.As(err, &ue) {
+			t.Errorf("ParseCloseWait(%v) = %v, want a usage error", args, err)
+		}
+	}
+	c, err := ParseCloseWait([]string{"-c", "a-very-long-command-name"})
+	if err != nil || c.Filter.Comm != "a-very-long-com" {
+		t.Fatalf("a long --comm: %+v, %v", c, err)
 	}
 }
 
@@ -282,7 +298,7 @@ func TestParseTimeWait(t *testing.T) {
 	if c, err := ParseTimeWait(nil); err != nil || c.Interval != 2*time.Second || c.Output != output.Text {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
-	for _, args := range [][]string{{"--interval", "0s"}, {"--duration", "-1s"}, {"--once"}, {"extra"}, {"-o", "yaml"}} {
+	for _, args := range [][]string{{"--interval", "0s"}, {"--duration", "-1s"}, {"--once"}, {"extra"}, {"-o", "yaml"}, {"--comm", ""}} {
 		var u *UsageError
 		if _, err := ParseTimeWait(args); !errors.As(err, &u) {
 			t.Errorf("%v: %v, want a usage error", args, err)

@@ -71,8 +71,8 @@ func ParseCloseWait(args []string) (*CloseWaitConfig, error) {
 	if c.Filter.MinAge < 0 || c.Duration < 0 {
 		return nil, usagef("--min-age and --duration take positive durations")
 	}
-	if len(c.Filter.Comm) > 15 {
-		c.Filter.Comm = c.Filter.Comm[:15]
+	if c.Filter.Comm, err = parseComm(fs, c.Filter.Comm); err != nil {
+		return nil, err
 	}
 	return c, nil
 }

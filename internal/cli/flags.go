@@ -94,7 +94,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 	fs.BoolVarP(&raw.v6, "ipv6", "6", false, "only IPv6")
 	fs.DurationVar(&c.Duration, "duration", 0, "stop after this long, e.g. 30s (default: until Ctrl-C)")
 	fs.StringSliceVar(&raw.events, "events", []string{"states", "drops"}, "record kinds: states, drops (with SYN floods), retransmits (each segment the kernel retransmits), resets (each reset this host sends)")
-	fs.IntVar(&c.DropRate, "drop-rate", 50, "per-packet drop records per listener per second before they fold into a summary")
+	fs.StringVar(&raw.dropRate, "drop-rate", "50", "per-packet drop records per listener per second before they fold into a summary")
 	fs.DurationVar(&c.CloseWaitAlert, "close-wait-alert", 0, "report each socket stuck in CLOSE_WAIT this long (a close_wait_stuck record)")
 	fs.StringVar(&raw.ringSize, "ring-size", "8M", "ring buffer size, a power of two from 4K, e.g. 32M on very busy hosts; shared out over one ring per online CPU, each at least 1M (or this size if smaller), plus one for the CPUs offline at the start")
 	fs.BoolVarP(&c.Verbose, "verbose", "v", false, "say which kernel hooks are attached and why others are not")
@@ -112,6 +112,7 @@ func newFlagSet(c *Config, raw *rawFlags) *pflag.FlagSet {
 
 type rawFlags struct {
 	output, ringSize, unseen    string
+	dropRate                    string
 	pids, ports, states, events []string
 	v4, v6                      bool
 }
@@ -175,8 +176,8 @@ func Parse(args []string) (*Config, error) {
 			return nil, usagef("invalid --events %q: want states, drops, retransmits and/or resets", ev)
 		}
 	}
-	if c.DropRate < 1 {
-		return nil, usagef("invalid --drop-rate %d: want at least 1", c.DropRate)
+	if c.DropRate, err = strconv.Atoi(strings.TrimSpace(raw.dropRate)); err != nil || c.DropRate < 1 {
+		return nil, usagef("invalid --drop-rate %q: want a whole number of records a second, at least 1", raw.dropRate)
 	}
 	if c.RingSize, err = parseSize(raw.ringSize); err != nil {
 		return nil, usagef("invalid --ring-size %q: %v", raw.ringSize, err)
@@ -189,11 +190,23 @@ func Parse(args []string) (*Config, error) {
 			return nil, usagef("invalid --test-unseen-state: %v", err)
 		}
 	}
-	if len(c.Comm) > 15 {
-		// The kernel keeps 15 bytes of a command name.
-		c.Comm = c.Comm[:15]
+	if c.Comm, err = parseComm(fs, c.Comm); err != nil {
+		return nil, err
 	}
 	return c, nil
+}
+
+// parseComm checks --comm: a name given empty (an unset shell variable)
+// would match no process, and tcptrace would show nothing, in silence. The
+// kernel keeps 15 bytes of a command name: a longer one is cut to match.
+func parseComm(fs *pflag.FlagSet, comm string) (string, error) {
+	if fs.Changed("comm") && strings.TrimSpace(comm) == "" {
+		return "", usagef("invalid --comm %q: want a command name, as ps -o comm shows it", comm)
+	}
+	if len(comm) > 15 {
+		comm = comm[:15]
+	}
+	return comm, nil
 }
 
 // common parses what every subcommand shares: -o, --pid and --port.

@@ -76,8 +76,8 @@ func ParseTimeWait(args []string) (*TimeWaitConfig, error) {
 	if c.Duration < 0 {
 		return nil, usagef("--duration takes a positive duration")
 	}
-	if len(c.Comm) > 15 {
-		c.Comm = c.Comm[:15]
+	if c.Comm, err = parseComm(fs, c.Comm); err != nil {
+		return nil, err
 	}
 	return c, nil
 }
