@@ -104,6 +104,9 @@ func runCloseWait(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		CloseWaitUsage(stdout)
 		return nil
 	}
+	if cfg.Filter.PIDs, err = checkPIDs("/proc", cfg.Filter.PIDs, stderr); err != nil {
+		return err
+	}
 	// Changes out of CLOSE_WAIT too: they end a socket's date, which no scan
 	// can (a socket in an accept queue is in no process's descriptors).
 	tr, err := openTracer(tracer.Options{StateMask: 1 << tcpstate.CloseWait, OldStateMask: 1 << tcpstate.CloseWait,

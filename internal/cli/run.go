@@ -76,6 +76,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "tcptrace %s\n", Version())
 		return nil
 	}
+	if cfg.PIDs, err = checkPIDs("/proc", cfg.PIDs, stderr); err != nil {
+		return err
+	}
 	// The alert needs every move into and out of CLOSE_WAIT, whatever --state
 	// and --errors ask for; the pipeline then shows only what they asked for.
 	stateMask, oldMask, errorsOnly := cfg.StateMask(), uint32(0), cfg.ErrorsOnly

@@ -116,6 +116,9 @@ func runTimeWait(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		TimeWaitUsage(stdout)
 		return nil
 	}
+	if cfg.PIDs, err = checkPIDs("/proc", cfg.PIDs, stderr); err != nil {
+		return err
+	}
 	// Closes into TIME_WAIT, and every way out of SYN_SENT: a connect()
 	// made, or failed for want of a port.
 	tr, err := openTracer(tracer.Options{StateMask: 1 << tcpstate.TimeWait, OldStateMask: 1 << tcpstate.SynSent,

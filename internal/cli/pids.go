@@ -1,0 +1,74 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// checkPIDs looks up each --pid in procDir (/proc) before tracing: a process
+// ID that names no process, or a thread's ID (top -H, a Java thread dump),
+// matches nothing, and the tracer would show nothing, in silence. A thread's
+// ID becomes its process's, with a note on stderr; a missing one gets a
+// warning, and an error if none of them is running.
+func checkPIDs(procDir string, pids []uint32, stderr io.Writer) ([]uint32, error) {
+	if len(pids) == 0 {
+		return pids, nil
+	}
+	var out, missing []uint32
+	for _, pid := range pids {
+		tgid, err := tgidOf(procDir, pid)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			missing = append(missing, pid)
+			continue
+		case err != nil:
+			return nil, err
+		case tgid != pid:
+			fmt.Fprintf(stderr, "tcptrace: --pid %d is a thread of process %d: tracing process %d\n", pid, tgid, tgid)
+		}
+		out = append(out, tgid)
+	}
+	if len(missing) == 0 {
+		return out, nil
+	}
+	list := joinPIDs(missing)
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no process %s is running: --pid takes the IDs of running processes (see ps)", list)
+	}
+	fmt.Fprintf(stderr, "tcptrace: warning: no process %s is running: --pid %s matches nothing\n", list, list)
+	return out, nil
+}
+
+// tgidOf reads the process that thread or process pid belongs to.
+func tgidOf(procDir string, pid uint32) (uint32, error) {
+	b, err := os.ReadFile(filepath.Join(procDir, strconv.FormatUint(uint64(pid), 10), "status"))
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "Tgid:"); ok {
+			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
+			if err != nil {
+				break
+			}
+			return uint32(n), nil
+		}
+	}
+	return 0, fmt.Errorf("%s/%d/status: no Tgid line", procDir, pid)
+}
+
+func joinPIDs(pids []uint32) string {
+	s := make([]string, len(pids))
+	for i, p := range pids {
+		s[i] = strconv.FormatUint(uint64(p), 10)
+	}
+	return strings.Join(s, ",")
+}
