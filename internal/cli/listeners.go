@@ -89,6 +89,9 @@ Flags:
 %s`, newListenersFlags(&c, &raw).FlagUsages())
 		return nil
 	}
+	if cfg.PIDs, err = checkPIDs("/proc", cfg.PIDs, stderr); err != nil {
+		return err
+	}
 	tr, err := openTracer(tracer.Options{HookKind: cfg.HookKind}, cfg.Verbose, stderr)
 	if err != nil {
 		return err
