@@ -37,11 +37,12 @@ func ringPerCPU(total uint32, cpus int) uint32 {
 }
 
 // setupRings sizes the ring buffers in spec for opts and, unless left out,
-// makes one ring per CPU (kept in t.rings and in spec's cpu_events for the
-// maps collection). Where the kernel refuses it, records go through the
-// one shared ring (events), and cpu_events becomes a map every kernel
-// takes: the programs' code for it is dead then (cfg.cpu_rings 0). It
-// returns what each ring's writer wakes the reader at.
+// makes one ring per online CPU and a spare for the offline ones (kept in
+// t.rings and in spec's cpu_events for the maps collection). Where the
+// kernel refuses it, records go through the one shared ring (events), and
+// cpu_events becomes a map every kernel takes: the programs' code for it is
+// dead then (cfg.cpu_rings 0). It returns what each ring's writer wakes the
+// reader at.
 func (t *Tracer) setupRings(spec *ebpf.CollectionSpec, opts *Options, cfg *tcptraceConfig) (wakeup uint32) {
 	outerSpec := spec.Maps["cpu_events"]
 	var why error = errors.New("left out for a test")
