@@ -35,14 +35,7 @@ func TestLostIsCounted(t *testing.T) {
 	tr.stopClean()
 
 	delivered := len(tr.states(ns))
-	var lost uint64
-	tr.mu.Lock()
-	for _, r := range tr.recs {
-		if r.Type == "lost" {
-			lost += r.Count
-		}
-	}
-	tr.mu.Unlock()
+	lost := tr.lost()
 	t.Logf("delivered %d, lost %d, truth %d", delivered, lost, truth)
 	if lost == 0 {
 		t.Fatalf("expected losses with a 4K ring and a stalled reader; delivered %d of %d", delivered, truth)
@@ -94,17 +87,7 @@ func TestNoChangeMissed(t *testing.T) {
 			storm.wait()
 			// The storm's last packets can still be in softirq work
 			// (ksoftirqd) after it exits: wait for the count to add up.
-			count := func() (recs []record, lost uint64) {
-				recs = tr.states(ns)
-				tr.mu.Lock()
-				defer tr.mu.Unlock()
-				for _, r := range tr.recs {
-					if r.Type == "lost" {
-						lost += r.Count
-					}
-				}
-				return recs, lost
-			}
+			count := func() ([]record, uint64) { return tr.states(ns), tr.lost() }
 			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 				if recs, lost := count(); len(recs)+int(lost) >= truth {
 					break
@@ -222,15 +205,7 @@ func TestSpareRing(t *testing.T) {
 		}
 	}
 	tr.stopClean()
-	recs := tr.states(ns)
-	var lost uint64
-	tr.mu.Lock()
-	for _, r := range tr.recs {
-		if r.Type == "lost" {
-			lost += r.Count
-		}
-	}
-	tr.mu.Unlock()
+	recs, lost := tr.states(ns), tr.lost()
 	m := regexp.MustCompile(`spare ring of the (?:CPU|\d+ CPUs) offline at the start: (\d+) records`).FindStringSubmatch(tr.stderrText())
 	if m == nil {
 		t.Fatalf("-v's last lines count no records through the spare ring:\n%s", tr.stderrText())

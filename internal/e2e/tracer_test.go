@@ -353,6 +353,20 @@ func (p *tracerProc) states(ns *netNS) []record {
 	return out
 }
 
+// lost sums the counts of the lost records seen so far (records the kernel
+// side found no room for, whatever their namespace).
+func (p *tracerProc) lost() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n uint64
+	for _, r := range p.recs {
+		if r.Type == "lost" {
+			n += r.Count
+		}
+	}
+	return n
+}
+
 // waitStates waits until ns has at least n state records.
 func (p *tracerProc) waitStates(ns *netNS, n int) []record {
 	p.t.Helper()
