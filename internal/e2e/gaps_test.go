@@ -12,17 +12,7 @@ import (
 )
 
 // gapCount adds up the gaps records tr has sent so far.
-func gapCount(tr *tracerProc) uint64 {
-	tr.mu.Lock()
-	defer tr.mu.Unlock()
-	var n uint64
-	for _, r := range tr.recs {
-		if r.Type == "gaps" {
-			n += r.Count
-		}
-	}
-	return n
-}
+func gapCount(tr *tracerProc) uint64 { return tr.counted("gaps") }
 
 // TestGapsCounted: a change no program saw leaves a hole in its socket's
 // recorded history, which the kernel side notices at the socket's next

@@ -355,12 +355,15 @@ func (p *tracerProc) states(ns *netNS) []record {
 
 // lost sums the counts of the lost records seen so far (records the kernel
 // side found no room for, whatever their namespace).
-func (p *tracerProc) lost() uint64 {
+func (p *tracerProc) lost() uint64 { return p.counted("lost") }
+
+// counted sums the counts of the records of type typ seen so far.
+func (p *tracerProc) counted(typ string) uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var n uint64
 	for _, r := range p.recs {
-		if r.Type == "lost" {
+		if r.Type == typ {
 			n += r.Count
 		}
 	}
