@@ -1,8 +1,6 @@
 package cli
 
 import (
-	"bufio"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // checkPIDs looks up each --pid in procDir (/proc) before tracing: a process
@@ -49,20 +49,19 @@ func checkPIDs(procDir string, pids []uint32, stderr io.Writer) ([]uint32, error
 // tgidOf reads the process that thread or process pid belongs to.
 func tgidOf(procDir string, pid uint32) (uint32, error) {
 	b, err := os.ReadFile(filepath.Join(procDir, strconv.FormatUint(uint64(pid), 10), "status"))
+	if errors.Is(err, unix.ESRCH) {
+		err = os.ErrNotExist // it exited while read
+	}
 	if err != nil {
 		return 0, err
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "Tgid:"); ok {
-			n, err := strconv.ParseUint(strings.TrimSpace(v), 10, 32)
-			if err != nil {
-				break
-			}
-			return uint32(n), nil
-		}
+	_, rest, _ := strings.Cut(string(b), "\nTgid:")
+	line, _, _ := strings.Cut(rest, "\n")
+	n, err := strconv.ParseUint(strings.TrimSpace(line), 10, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%s/%d/status: no Tgid line", procDir, pid)
 	}
-	return 0, fmt.Errorf("%s/%d/status: no Tgid line", procDir, pid)
+	return uint32(n), nil
 }
 
 func joinPIDs(pids []uint32) string {

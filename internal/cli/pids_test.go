@@ -47,6 +47,13 @@ func TestCheckPIDs(t *testing.T) {
 	if _, err := checkPIDs(proc, []uint32{998, 999}, &stderr); err == nil || !strings.Contains(err.Error(), "no process 998,999 is running") {
 		t.Fatalf("none running: %v", err)
 	}
+	// A status without its Tgid line: an error, not a guess.
+	if err := os.WriteFile(filepath.Join(proc, "200", "status"), []byte("Name:\tnode\nNgid:\t0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := checkPIDs(proc, []uint32{200}, &stderr); err == nil || !strings.Contains(err.Error(), "no Tgid line") {
+		t.Fatalf("no Tgid line: %v", err)
+	}
 	if got, err := checkPIDs(proc, nil, &stderr); err != nil || got != nil {
 		t.Fatalf("no --pid: %v, %v", got, err)
 	}
