@@ -81,6 +81,60 @@ func TestOwnerOfOlderConnection(t *testing.T) {
 	}
 }
 
+// TestOwnerClosedByThread: a thread of the client, under a name of its own,
+// closes the connection. The close finds the owner recorded at connect(),
+// the same process with no fork, exec or rename since, and keeps it: every
+// record of the client's socket names the client by the name its connect()
+// recorded, not by the closing thread's.
+func TestOwnerClosedByThread(t *testing.T) {
+	needRoot(t)
+	ns := newNetNS(t)
+	tr := startTracer(t)
+	srv := startRole(t, ns, "server", "-addr", "127.0.0.1:7002")
+	srv.expect("listening")
+	const thread = "closer"
+	cli := startRole(t, ns, "client", "-addr", "127.0.0.1:7002", "-hold", "-close-thread", thread)
+	cport, _ := strconv.Atoi(cli.expect("connected"))
+	srv.expect("accepted")
+	cli.send("close")
+	tid, err := strconv.Atoi(cli.expect("closed"))
+	if err != nil || tid == cli.pid() {
+		t.Fatalf("the client closed on thread %d (%v), want one other than its main thread %d", tid, err, cli.pid())
+	}
+	cli.wait()
+	srv.expect("closed")
+	srv.wait()
+	tr.waitFor(ns, "the client's final CLOSE", func(r record) bool {
+		return int(r.LPort) == cport && r.OldState == "FIN_WAIT2" && r.NewState == "CLOSE"
+	})
+	tr.stopClean()
+
+	var connect string
+	seen := map[string]bool{}
+	for _, r := range tr.states(ns) {
+		if int(r.LPort) != cport {
+			continue
+		}
+		change := r.OldState + "->" + r.NewState
+		seen[change] = true
+		if change == "CLOSE->SYN_SENT" {
+			connect = r.Comm
+		}
+		if r.PID != cli.pid() || r.Comm == thread {
+			t.Errorf("%s: pid %d comm %q, want the client %d by the name its connect() recorded: %s",
+				change, r.PID, r.Comm, cli.pid(), r)
+		}
+	}
+	if connect == "" || !seen["ESTABLISHED->FIN_WAIT1"] {
+		t.Fatalf("want the client's CLOSE->SYN_SENT with its name and its ESTABLISHED->FIN_WAIT1:\n%s", dump(tr.states(ns)))
+	}
+	for _, r := range tr.states(ns) {
+		if int(r.LPort) == cport && r.Comm != connect {
+			t.Errorf("%s->%s: comm %q, want %q as at connect()", r.OldState, r.NewState, r.Comm, connect)
+		}
+	}
+}
+
 // TestOwnerAfterFork: the server accepts and forks; the child keeps the
 // socket and the parent closes its copy. The CLOSE_WAIT names the child, by
 // the name it has after an exec. In "exec" the server itself execs (no fork):

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -34,6 +35,7 @@ func runWorkload(role string, args []string) error {
 	execProg := fs.String("exec", "", "server: after accept, run this program with the socket as stdin and stdout; close our copy")
 	become := fs.String("become", "", "server: after accept, exec this program in place of ours (no fork) with the socket as stdin and stdout")
 	rename := fs.String("rename", "", "server: after accept, take this process name (as prctl(PR_SET_NAME) on the main thread)")
+	closeThread := fs.String("close-thread", "", "client: close from a thread of this name (prctl(PR_SET_NAME) on that thread alone)")
 	serverFirst := fs.Bool("server-first", false, "storm: the server closes first")
 	clients := fs.Int("clients", 1, "storm: connections under way at once (above 1: the server closes first)")
 	backlog := fs.Int("backlog", 1, "backlog1: the listen backlog")
@@ -186,12 +188,52 @@ func runWorkload(role string, args []string) error {
 		if *hold {
 			waitLine(in, "close")
 		}
+		if *closeThread != "" {
+			return closeOnNamedThread(c, *closeThread)
+		}
 		c.Close()
 		fmt.Println("closed")
 	default:
 		return fmt.Errorf("unknown role %q", role)
 	}
 	return nil
+}
+
+// closeOnNamedThread closes c from a thread that takes name first (not the
+// main thread: the process keeps its name) and says "closed TID".
+func closeOnNamedThread(c net.Conn, name string) error {
+	return onOtherThread(func() error {
+		b := append([]byte(name), 0)
+		if err := unix.Prctl(unix.PR_SET_NAME, uintptr(unsafe.Pointer(&b[0])), 0, 0, 0); err != nil {
+			return fmt.Errorf("close-thread: prctl(PR_SET_NAME): %w", err)
+		}
+		err := c.Close()
+		fmt.Printf("closed %d\n", unix.Gettid())
+		return err
+	})
+}
+
+// onOtherThread runs fn on a thread of its own, not the main thread, locked
+// for good: a thread fn renames exits with it.
+func onOtherThread(fn func() error) error {
+	var try func(out chan<- error)
+	try = func(out chan<- error) {
+		runtime.LockOSThread()
+		if unix.Gettid() == os.Getpid() {
+			// The main thread: held until another try is done, which so
+			// runs elsewhere.
+			inner := make(chan error)
+			go try(inner)
+			err := <-inner
+			runtime.UnlockOSThread()
+			out <- err
+			return
+		}
+		out <- fn()
+	}
+	res := make(chan error)
+	go try(res)
+	return <-res
 }
 
 // runPasser listens and hands the listener to the acceptor over a unix
