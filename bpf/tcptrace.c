@@ -425,7 +425,7 @@ static __always_inline __u32 owner_flags(const struct owner *o)
  * exec, rename or exit): then only the time is new, and its name, user and
  * cgroup are not read again (~150 ns, at two closes per connection). A
  * thread of it closing keeps the name recorded, the process's as far as
- * tcptrace knows it. A kernel thread's close names no owner.
+ * tcptrace knows it. A kernel thread's close leaves the owner as it was.
  */
 static __always_inline void owner_closing(struct owner *o, __u64 now)
 {
