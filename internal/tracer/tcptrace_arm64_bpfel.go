@@ -238,6 +238,7 @@ const (
 	tcptraceMapPendingConnects   = "pending_connects"
 	tcptraceMapSocks             = "socks"
 	tcptraceProgAcceptExitTp     = "accept_exit_tp"
+	tcptraceProgAcceptExitTyped  = "accept_exit_typed"
 	tcptraceProgAckFentry        = "ack_fentry"
 	tcptraceProgAckFexit         = "ack_fexit"
 	tcptraceProgAckKprobe        = "ack_kprobe"
@@ -345,6 +346,7 @@ type tcptraceSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type tcptraceProgramSpecs struct {
 	AcceptExitTp     *ebpf.ProgramSpec `ebpf:"accept_exit_tp"`
+	AcceptExitTyped  *ebpf.ProgramSpec `ebpf:"accept_exit_typed"`
 	AckFentry        *ebpf.ProgramSpec `ebpf:"ack_fentry"`
 	AckFexit         *ebpf.ProgramSpec `ebpf:"ack_fexit"`
 	AckKprobe        *ebpf.ProgramSpec `ebpf:"ack_kprobe"`
@@ -524,6 +526,7 @@ type tcptraceVariables struct {
 // It can be passed to loadTcptraceObjects or ebpf.CollectionSpec.LoadAndAssign.
 type tcptracePrograms struct {
 	AcceptExitTp     *ebpf.Program `ebpf:"accept_exit_tp"`
+	AcceptExitTyped  *ebpf.Program `ebpf:"accept_exit_typed"`
 	AckFentry        *ebpf.Program `ebpf:"ack_fentry"`
 	AckFexit         *ebpf.Program `ebpf:"ack_fexit"`
 	AckKprobe        *ebpf.Program `ebpf:"ack_kprobe"`
@@ -580,6 +583,7 @@ type tcptracePrograms struct {
 func (p *tcptracePrograms) Close() error {
 	return _TcptraceClose(
 		p.AcceptExitTp,
+		p.AcceptExitTyped,
 		p.AckFentry,
 		p.AckFexit,
 		p.AckKprobe,

@@ -220,6 +220,17 @@ func (t *Tracer) argVariant(tp, base, suffix string) (string, error) {
 	return base, fmt.Errorf("the kernel's BTF has no tcp:%s tracepoint with 2 or 3 arguments", tp)
 }
 
+// acceptExitProg names accept()'s exit program: the typed walk to the new
+// descriptor's socket where the kernel gives tracepoint programs
+// bpf_get_current_task_btf() (5.11+) and has the bpf_rdonly_cast kfunc
+// (6.2+), else the walk by probe reads.
+func (t *Tracer) acceptExitProg() string {
+	if t.kernelHas("bpf_rdonly_cast") && features.HaveProgramHelper(ebpf.TracePoint, asm.FnGetCurrentTaskBtf) == nil {
+		return "accept_exit_typed"
+	}
+	return "accept_exit_tp"
+}
+
 // synConsumed attaches syn_consumed once it knows the code range of
 // tcp_rcv_state_process(), the caller whose consumed SYNs it looks at.
 func (t *Tracer) synConsumed(p *ebpf.Program) (link.Link, error) {
@@ -316,6 +327,7 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			classicStates,
 		},
 	}
+	acceptProg := t.acceptExitProg()
 	sysExit := feature{
 		name: "connect port, accept owner",
 		degraded: "a CLOSE->SYN_SENT event waits for the socket's next state change to learn its local port, " +
@@ -324,8 +336,8 @@ func (t *Tracer) features(opts *Options) ([]feature, error) {
 			// Only the system calls wanted: the programs on sys_exit below
 			// run for every system call on the host.
 			{name: "tracepoint/syscalls/sys_exit_accept4,sys_exit_accept,sys_exit_connect", kind: "tracepoint", parts: []part{
-				{prog: "accept_exit_tp", attach: t.syscallExit(opts, "sys_exit_accept4")},
-				{prog: "accept_exit_tp", attach: t.syscallExit(opts, "sys_exit_accept")},
+				{prog: acceptProg, attach: t.syscallExit(opts, "sys_exit_accept4")},
+				{prog: acceptProg, attach: t.syscallExit(opts, "sys_exit_accept")},
 				{prog: "connect_exit_tp", attach: t.syscallExit(opts, "sys_exit_connect")},
 			}},
 			single("tp_btf/sys_exit", "tp_btf", "sys_exit_btf", tpBTF),
