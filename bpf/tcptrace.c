@@ -1167,6 +1167,9 @@ static __always_inline const struct sock *sock_of_fd(long fd)
 	return tcp_sock_of_file(f);
 }
 
+/* 6.2+, and only the programs that need it use it (accept_exit_typed,
+ * syn_consumed): a kernel pointer read with plain loads (the verifier guards
+ * them) rather than a helper call per field. */
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 
 /*
@@ -1999,9 +2002,6 @@ int BPF_KRETPROBE(ack_kretprobe, struct sock *ret)
  * has drops that only the next walk will count.
  */
 volatile __u64 rcv_state_lo, rcv_state_hi;
-
-/* 6.2+, and only this 6.3+ program uses it: a kernel pointer read with plain
- * loads (the verifier guards them) rather than a helper call per field. */
 
 /* Where a consumed SYN was headed, read once, when a listener needs it. */
 struct syn_dest {
